@@ -1,0 +1,1 @@
+"""Cluster: the only layer that imports Ray (searcher, scheduler, trainable, launch)."""

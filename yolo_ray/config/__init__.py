@@ -1,0 +1,1 @@
+"""Typed configuration: frozen dataclasses and the YAML loaders that build them."""

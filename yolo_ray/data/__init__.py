@@ -1,0 +1,1 @@
+"""Datasets: YOLO-format scanning, caching, augmentation and loaders."""

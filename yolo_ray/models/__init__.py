@@ -1,0 +1,1 @@
+"""Models: YOLOv5 layers, YAML parsing, detection model, weights, freeze and prune."""

@@ -1,0 +1,1 @@
+"""Training: loss, optimisation, validation metrics, fitness and the trainer."""
