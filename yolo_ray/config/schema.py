@@ -131,7 +131,8 @@ class TrainSettings:
     device: str = ""                          # "" = CUDA if present else CPU; "cpu"; "0"
     threads: int | None = None                # torch CPU threads (None = leave as is)
     seed: int = 0
-    freeze: tuple[int, ...] = (0,)            # YOLOv5: one value N -> 0..N-1; more -> exact
+    freeze: tuple[int | str, ...] = (0,)      # YOLOv5: one value N -> 0..N-1; more -> exact;
+    #                                           names like "backbone" resolved by models.freeze
     freeze_bn_stats: bool = True              # frozen BN keeps running stats (YOLOv5: False)
     prune_amount: float = 0.0
     prune_method: str = "l1"
@@ -171,7 +172,7 @@ class TrainSettings:
                 f"--prune-method {self.prune_method!r} is not one of {', '.join(PRUNE_METHODS)}")
         if self.prune_at not in PRUNE_AT:
             raise ConfigError(f"--prune-at {self.prune_at!r} is not one of {', '.join(PRUNE_AT)}")
-        if any(i < 0 for i in self.freeze):
+        if any(isinstance(i, int) and i < 0 for i in self.freeze):
             raise ConfigError(f"--freeze values must be >= 0, got {list(self.freeze)}")
         if self.cache not in ("", "ram"):
             raise ConfigError(f"--cache {self.cache!r} must be 'ram' or empty")

@@ -1,0 +1,391 @@
+"""The evolution store: evolve.csv (YOLOv5 format), its JSON-lines sidecar and hyp_evolve.yaml."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from ..train.results import RESULT_KEYS
+from .files import (
+    SIDECAR_NAME, append_durable, complete_lines, decode_line, parse_sidecar_line,
+    read_evolve_csv_bytes, truncate_torn, write_text_atomic,
+)
+from .records import (
+    Row, RowTable, TrialRecord, best_row_index, format_header, format_row, hyp_evolve_text,
+    make_row, parse_header, parse_values,
+)
+
+CSV_NAME = "evolve.csv"
+YAML_NAME = "hyp_evolve.yaml"
+LOCK_NAME = ".evolve.lock"  # flock target, so agents sharing the folder append in turn
+
+_LOG = logging.getLogger(__name__)
+
+
+class EvolutionStore:
+    """evolve.csv + evolve_trials.jsonl + hyp_evolve.yaml in one folder, append-only.
+
+    evolve.csv holds finished and early-stopped trials in YOLOv5's exact format; failed trials
+    go to the sidecar only (row None). Early-stopped rows are data but never parents nor the
+    "best generation" of hyp_evolve.yaml (their fitness is from a shorter training). Rows are
+    kept in memory and only appended bytes are parsed. Writers in several processes take
+    turns through a flock on `.evolve.lock`. Pickles as (folder, hyp_keys) and reopens.
+
+    Args:
+        directory: output folder (created if needed).
+        hyp_keys: hyp columns for a new evolve.csv; an existing file's header must hold the
+            same names (order may differ: rows are then written in the file's order).
+
+    Raises:
+        StoreError: unwritable folder, malformed csv/sidecar line, or mismatching columns.
+    """
+
+    def __init__(self, directory: str | Path, hyp_keys: Sequence[str] | None = None) -> None:
+        self.dir = Path(directory)
+        self.csv_path = self.dir / CSV_NAME
+        self.sidecar_path = self.dir / SIDECAR_NAME
+        self.yaml_path = self.dir / YAML_NAME
+        self._hyp_keys = tuple(hyp_keys) if hyp_keys is not None else None
+        self._mutex = threading.RLock()
+        self._lock_fd = self._open_lock()
+        self._finalizer = weakref.finalize(self, os.close, self._lock_fd)
+        self._columns: list[str] | None = None
+        self._csv_offset = self._csv_lineno = 0
+        self._side_offset = self._side_lineno = 0
+        self._rows: list[Row] = []
+        self._fitness = np.empty(64)
+        self._eligible = np.zeros(64, dtype=bool)
+        self._table: RowTable | None = None
+        self._entry_by_row: dict[int, dict[str, Any]] = {}
+        self._by_trial: dict[str, dict[str, Any]] = {}
+        try:
+            with self._locked(exclusive=True):
+                self._open_files()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- lifecycle / locking
+    def _open_lock(self) -> int:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"evolution output folder {self.dir} is not writable: "
+                             f"{e.strerror or e}") from None
+        if not os.access(self.dir, os.W_OK):
+            os.close(fd)
+            raise StoreError(f"evolution output folder {self.dir} is not writable")
+        return fd
+
+    def close(self) -> None:
+        """Release the lock file descriptor (the store cannot be used afterwards)."""
+        if getattr(self, "_lock_fd", -1) >= 0:
+            self._finalizer()  # closes the fd once, also when the store is garbage-collected
+            self._lock_fd = -1
+
+    def __reduce__(self) -> tuple[type["EvolutionStore"], tuple[Path, tuple[str, ...] | None]]:
+        # Locks and fds do not travel (e.g. a Tune searcher checkpoint): reopen from disk.
+        return (EvolutionStore, (self.dir, self._hyp_keys))
+
+    def __enter__(self) -> "EvolutionStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        if self._lock_fd < 0:
+            raise StoreError(f"evolution store {self.dir} is closed")
+        with self._mutex:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # ----------------------------------------------------------------------- reading
+    def _open_files(self) -> None:
+        """Validate both files completely before changing anything, then repair and reconcile."""
+        csv_torn = self._consume_csv()
+        side_torn = self._consume_sidecar()
+        orphans = [e["row"] for e in self._entry_by_row.values() if e["row"] >= len(self._rows)]
+        if orphans:
+            raise StoreError(f"{self.sidecar_path}: entry for row {orphans[0]} but "
+                             f"{self.csv_path} has {len(self._rows)} data rows")
+        self._check_columns()
+        if csv_torn:
+            truncate_torn(self.csv_path, self._csv_offset, self._csv_offset + csv_torn)
+        if side_torn:
+            truncate_torn(self.sidecar_path, self._side_offset, self._side_offset + side_torn)
+        self._reconcile()
+
+    def _read_new(self, path: Path, offset: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            raise StoreError(f"{path}: cannot read: {e.strerror or e}") from None
+
+    def _consume_csv(self) -> int:
+        """Parse appended complete csv lines; returns the length of a trailing partial line."""
+        data = self._read_new(self.csv_path, self._csv_offset)
+        lines, used = complete_lines(data)
+        path, new_rows = str(self.csv_path), []
+        lineno, columns = self._csv_lineno, self._columns
+        for raw in lines:  # parse everything first: a bad line must leave the state unchanged
+            lineno += 1
+            text = decode_line(raw, self.csv_path, lineno)
+            if columns is None:
+                columns = parse_header(text, path)
+                continue
+            new_rows.append(parse_values(text, len(columns), path, lineno))
+        self._columns, self._csv_lineno, self._csv_offset = columns, lineno, self._csv_offset + used
+        for values in new_rows:
+            self._add_row(values)
+        return len(data) - used
+
+    def _consume_sidecar(self) -> int:
+        """Parse appended sidecar lines (one JSON object each); returns a torn tail's length."""
+        data = self._read_new(self.sidecar_path, self._side_offset)
+        lines, used = complete_lines(data)
+        entries, lineno = [], self._side_lineno
+        for raw in lines:
+            lineno += 1
+            entries.append(parse_sidecar_line(raw, self.sidecar_path, lineno))
+        self._side_lineno, self._side_offset = lineno, self._side_offset + used
+        for entry in entries:
+            self._add_entry(entry)
+        return len(data) - used
+
+    def _add_row(self, values: list[float]) -> None:
+        assert self._columns is not None
+        i = len(self._rows)
+        row = make_row(i, self._columns, values, self._entry_by_row.get(i))
+        self._rows.append(row)
+        if i >= self._fitness.size:  # amortised growth keeps appends O(1)
+            self._fitness = np.resize(self._fitness, 2 * self._fitness.size)
+            self._eligible = np.resize(self._eligible, 2 * self._eligible.size)
+        self._fitness[i], self._eligible[i] = row.fitness, row.eligible
+        self._table = None
+
+    def _add_entry(self, entry: dict[str, Any]) -> None:
+        if entry.get("trial_id") is not None:
+            self._by_trial[str(entry["trial_id"])] = entry
+        i = entry["row"]
+        if i is None:
+            return
+        self._entry_by_row[i] = entry
+        if i < len(self._rows):  # the csv row is already known: attach its metadata
+            old = self._rows[i]
+            self._rows[i] = Row(i, old.values, old.hyp, old.fitness, dict(entry))
+            self._eligible[i] = self._rows[i].eligible
+            self._table = None
+
+    def _check_columns(self) -> None:
+        if self._columns is None:
+            return
+        file_hyp = [c for c in self._columns if c not in RESULT_KEYS]
+        if self._hyp_keys is None:
+            self._hyp_keys = tuple(file_hyp)
+            return
+        missing = [k for k in self._hyp_keys if k not in file_hyp]
+        extra = [k for k in file_hyp if k not in self._hyp_keys]
+        if missing or extra:
+            raise StoreError(f"{self.csv_path}: columns do not match this run's hyps "
+                             f"(missing: {', '.join(missing) or '-'}; "
+                             f"unexpected: {', '.join(extra) or '-'})")
+
+    def _reconcile(self) -> None:
+        """A csv row whose sidecar entry was never written (killed in between) gets one."""
+        lost = [r.index for r in self._rows if r.index not in self._entry_by_row]
+        if not lost:
+            return
+        _LOG.warning("%s: %d row(s) had no sidecar entry; recording them as recovered",
+                     self.sidecar_path, len(lost))
+        entries = []
+        for i in lost:
+            rec = TrialRecord(f"recovered-row-{i}", "finished", self._rows[i].hyp,
+                              self._rows[i].values, strategy="unknown",
+                              reason="recovered: evolve.csv row had no sidecar entry")
+            entries.append(rec.sidecar_entry(i) | {"trial_id": None})
+        self._append_sidecar(entries)
+        self._consume_sidecar()
+
+    def refresh(self) -> None:
+        """Pick up rows appended by other processes (reads only the new bytes)."""
+        with self._locked(exclusive=False):
+            self._consume_csv()
+            self._consume_sidecar()
+
+    def rows(self) -> RowTable:
+        """All evolve.csv rows (read by column name) with their sidecar metadata."""
+        self.refresh()
+        if self._table is None:
+            n = len(self._rows)
+            self._table = RowTable(self._rows, self._fitness[:n].copy(),
+                                   self._eligible[:n].copy())
+        return self._table
+
+    @property
+    def hyp_keys(self) -> tuple[str, ...] | None:
+        """The hyp columns (from the constructor or the existing file)."""
+        return self._hyp_keys
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Latest sidecar entry per trial id (failed trials included)."""
+        self.refresh()
+        return list(self._by_trial.values())
+
+    def best_row(self) -> Row | None:
+        """The eligible row of maximum fitness (None when there is none)."""
+        table = self.rows()
+        j = best_row_index(table.fitness, table.eligible)
+        return None if j is None else table[j]
+
+    # ----------------------------------------------------------------------- writing
+    def append(self, record: TrialRecord) -> int | None:
+        """Record one trial; returns its evolve.csv row (None for a failed trial).
+
+        Idempotent: a trial id that already has a csv row (or a failed entry, when the record
+        is failed again) is not written twice; the existing row is returned.
+        """
+        return self._append_many([record])[0]
+
+    def _append_many(self, records: Sequence[TrialRecord]) -> list[int | None]:
+        with self._locked(exclusive=True):
+            self._sync_for_write()
+            out: list[int | None] = []
+            csv_lines: list[str] = []
+            entries: list[dict[str, Any]] = []
+            seen: dict[str, int | None] = {}
+            for rec in records:
+                done = self._by_trial.get(rec.trial_id)
+                if rec.trial_id in seen:
+                    out.append(seen[rec.trial_id])
+                    continue
+                if done is not None and (done["row"] is not None or rec.status == "failed"):
+                    out.append(done["row"])
+                    continue
+                row: int | None = None
+                if rec.status != "failed":
+                    row = len(self._rows) + len(csv_lines)
+                    csv_lines.append(self._csv_line(rec))
+                seen[rec.trial_id] = row
+                out.append(row)
+                entries.append(rec.sidecar_entry(row))
+            self._write_csv(csv_lines)  # csv first: a crash in between is reconciled on open
+            self._append_sidecar(entries)
+            self._consume_csv()
+            self._consume_sidecar()
+            if csv_lines:
+                self._write_hyp_yaml()
+            return out
+
+    def _sync_for_write(self) -> None:
+        """Catch up with other writers and drop a torn tail a killed writer left behind."""
+        csv_torn, side_torn = self._consume_csv(), self._consume_sidecar()
+        if csv_torn:
+            truncate_torn(self.csv_path, self._csv_offset, self._csv_offset + csv_torn)
+        if side_torn:
+            truncate_torn(self.sidecar_path, self._side_offset, self._side_offset + side_torn)
+        self._check_columns()
+
+    def _csv_line(self, rec: TrialRecord) -> str:
+        if self._hyp_keys is None:
+            raise StoreError(f"{self.csv_path}: no hyp keys given and no existing file to "
+                             "take them from")
+        missing = [k for k in self._hyp_keys if k not in rec.hyp]
+        extra = [k for k in rec.hyp if k not in self._hyp_keys]
+        if missing or extra:  # never drop a value silently
+            raise StoreError(f"trial {rec.trial_id}: hyp does not match the columns of "
+                             f"{self.csv_path} (missing: {', '.join(missing) or '-'}; "
+                             f"unexpected: {', '.join(extra) or '-'})")
+        by_name = dict(zip(RESULT_KEYS, rec.result_values())) | dict(rec.hyp)
+        columns = self._columns or list(RESULT_KEYS + self._hyp_keys)
+        return format_row([by_name[c] for c in columns])
+
+    def _write_csv(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        header = ""
+        if self._columns is None:  # new (or empty) file: header and rows in one write
+            assert self._hyp_keys is not None
+            header = format_header(RESULT_KEYS + self._hyp_keys)
+        try:
+            append_durable(self.csv_path, (header + "".join(lines)).encode("utf-8"))
+        except OSError as e:
+            raise StoreError(f"{self.csv_path}: cannot append: {e.strerror or e}") from None
+
+    def _append_sidecar(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        text = "".join(json.dumps(e, allow_nan=True) + "\n" for e in entries)
+        try:
+            append_durable(self.sidecar_path, text.encode("utf-8"))
+        except OSError as e:
+            raise StoreError(f"{self.sidecar_path}: cannot append: {e.strerror or e}") from None
+
+    def _write_hyp_yaml(self) -> None:
+        """Rewrite hyp_evolve.yaml for the current best row (YOLOv5's header, §1.4)."""
+        j = best_row_index(self._fitness[: len(self._rows)], self._eligible[: len(self._rows)])
+        if j is None:
+            return
+        try:
+            write_text_atomic(self.yaml_path, hyp_evolve_text(self._rows[j], len(self._rows)))
+        except OSError as e:
+            raise StoreError(f"{self.yaml_path}: cannot write: {e.strerror or e}") from None
+
+    def seed_from_csv(self, path: str | Path) -> int:
+        """Import every row of a (YOLOv5-made) evolve.csv; returns how many rows were added.
+
+        Columns are matched by name; the file must have exactly this store's hyp columns.
+        Importing the same file again adds nothing (trial ids derive from the line contents).
+        """
+        src = Path(path)
+        try:
+            data = src.read_bytes()
+        except OSError as e:
+            raise StoreError(f"{src}: cannot read evolve.csv to seed from: "
+                             f"{e.strerror or e}") from None
+        columns, rows = read_evolve_csv_bytes(data, str(src))
+        file_hyp = [c for c in columns if c not in RESULT_KEYS]
+        keys = self._hyp_keys if self._hyp_keys is not None else tuple(file_hyp)
+        extra = [c for c in file_hyp if c not in keys]
+        if extra:
+            raise StoreError(f"{src}: hyp column(s) not in this run's search space/hyps: "
+                             f"{', '.join(extra)}")
+        missing = [k for k in keys if k not in file_hyp]
+        if missing:
+            raise StoreError(f"{src}: lacks hyp column(s) of this run: {', '.join(missing)}")
+        self._hyp_keys = keys
+        records = []
+        for i, values in enumerate(rows):
+            by_name = dict(zip(columns, values))
+            digest = hashlib.sha1(format_row(values).encode()).hexdigest()[:12]
+            records.append(TrialRecord(
+                f"seed-{digest}-{i}", "finished", {k: by_name[k] for k in keys},
+                [by_name[k] for k in RESULT_KEYS], strategy="seed",
+                reason=f"seeded from {src} row {i}"))
+        before = len(self._rows)
+        self._append_many(records)
+        return len(self._rows) - before
+
+
+__all__ = ["EvolutionStore", "TrialRecord", "Row", "RowTable", "CSV_NAME", "SIDECAR_NAME",
+           "YAML_NAME", "LOCK_NAME"]
