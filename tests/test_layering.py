@@ -20,10 +20,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, module: str | None = None) -> set[str]:
     """Absolute module names imported anywhere in the file (relative imports resolved)."""
     tree = ast.parse(path.read_text())
-    pkg = _module_name(path).split(".")
+    pkg = (module or _module_name(path)).split(".")
     if path.name != "__init__.py":
         pkg = pkg[:-1]
     out: set[str] = set()
@@ -87,5 +87,7 @@ def test_evolve_core_imports_neither_torch_nor_ray() -> None:
 
 def test_layering_checker_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
-    bad.write_text("from yolo_ray.cluster import launch\nimport torch\n")
-    assert "yolo_ray.cluster" in _imports(bad) and "torch" in _imports(bad)
+    bad.write_text("from ..cluster import launch\nimport torch\n")
+    found = _imports(bad, "yolo_ray.data.x")
+    assert "yolo_ray.cluster" in found and "torch" in found
+    assert any(_layer(m) > _layer("yolo_ray.data.x") for m in found if m.startswith("yolo_ray."))

@@ -1,4 +1,4 @@
-"""`yolo-ray cluster check`: shipped cluster files pass; broken copies fail naming the key at fault."""
+"""`yolo-ray cluster check`: shipped cluster files pass; broken copies fail naming the key."""
 
 from __future__ import annotations
 
@@ -93,10 +93,10 @@ BROKEN: list[tuple[str, Path, Callable[[dict[str, Any]], Any], tuple[str, ...]]]
      ("setup_commands[0]", "ray==2.59.0", "2.60.0")),
     ("unpinned-ray", AWS, _replace_in("setup_commands", ' "ray[tune]==2.60.0"', ""),
      ("setup_commands:", "ray is not pinned", "ray[tune]==2.60.0")),
-    ("mismatched-docker-image", AWS, lambda c: c["docker"].update(image="rayproject/ray:2.59.0-gpu"),
+    ("mismatched-docker-image", AWS, lambda c: c["docker"].update(image="rayproject/ray:2.59.0"),
      ("docker.image", "2.59.0")),
     ("dashboard-on-all-interfaces", AWS,
-     _replace_in("head_start_ray_commands", "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"),
+     _replace_in("head_start_ray_commands", "-host=127.0.0.1", "-host=0.0.0.0"),
      ("head_start_ray_commands[1]", "--dashboard-host=0.0.0.0")),
     ("ray-default-start-commands", AWS, lambda c: c.pop("head_start_ray_commands"),
      ("head_start_ray_commands[1] (Ray's aws default)", "0.0.0.0")),
@@ -129,7 +129,8 @@ BROKEN: list[tuple[str, Path, Callable[[dict[str, Any]], Any], tuple[str, ...]]]
 ]
 
 
-@pytest.mark.parametrize("src, mutate, needles", [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+@pytest.mark.parametrize("src, mutate, needles", [b[1:] for b in BROKEN],
+                         ids=[b[0] for b in BROKEN])
 def test_broken_copy_fails_naming_the_key(tmp_path: Path, src: Path, mutate: Callable[..., Any],
                                           needles: tuple[str, ...]) -> None:
     report = _check_copy(tmp_path, src, mutate)
@@ -177,7 +178,8 @@ def test_format_report_lists_errors_and_verdict(tmp_path: Path) -> None:
     report = _check_copy(tmp_path, AWS, lambda c: _gpu_worker(c)["resources"].pop("GPU"))
     text = format_report(report)
     assert text.splitlines()[0] == report.summary
-    assert "error: available_node_types.gpu_worker.resources: GPU worker type declares no GPUs" in text
+    assert ("error: available_node_types.gpu_worker.resources: GPU worker type declares no GPUs"
+            in text)
     assert text.splitlines()[-1].startswith("FAILED: 1 error(s)")
     assert format_report(check_cluster_config(AWS, ray_version=RAY)).endswith("OK: 0 error(s), "
                                                                               "0 warning(s)")

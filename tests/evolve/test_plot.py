@@ -24,36 +24,31 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_plot_yolov5_made_csv(tmp_path: Path) -> None:
-    rows = write_yolov5_csv(tmp_path / "evolve.csv", 12)
+def test_yolov5_csv_round_trips_through_seeding_and_plot(tmp_path: Path) -> None:
+    src = tmp_path / "yolov5" / "evolve.csv"
+    src.parent.mkdir()
+    rows = write_yolov5_csv(src, 12)
+    EvolutionStore(tmp_path / "run", YOLOV5_COLUMNS[7:]).seed_from_csv(src)
+    csv = tmp_path / "run" / "evolve.csv"
     lines: list[str] = []
-    out = plot_evolve(tmp_path / "evolve.csv", log=lines.append)
-    assert out == tmp_path / "evolve.png" and out.stat().st_size > 10_000
+    out = plot_evolve(csv, log=lines.append)
+    assert out == tmp_path / "run" / "evolve.png" and out.stat().st_size > 10_000
     assert _png_size(out) == (2000, 2400)                     # 10 x 12 in at 200 dpi
     fit = [0.1 * r[2] + 0.9 * r[3] for r in rows]
     j = int(np.argmax(fit))
-    assert lines[0] == f"Best results from row {j} of {tmp_path / 'evolve.csv'}:"
+    assert lines[0] == f"Best results from row {j} of {csv}:"
     assert lines[1] == f"{'lr0':>15}: {rows[j][7]:.3g}"
     assert len(lines) == 1 + len(YOLOV5_COLUMNS) - 7
-    assert best_result_lines(tmp_path / "evolve.csv") == lines
-    assert not list(tmp_path.glob(".*tmp*"))                  # atomic: no temp left behind
+    assert best_result_lines(csv) == lines
+    assert best_result_lines(src) == [lines[0].replace(str(csv), str(src))] + lines[1:]
+    assert not list(csv.parent.glob(".*tmp*"))               # atomic: no temp left behind
 
 
-def test_plot_after_seeding_and_with_nan_rows(tmp_path: Path) -> None:
-    src = tmp_path / "src.csv"
-    write_yolov5_csv(src, 6)
-    store = EvolutionStore(tmp_path / "run", YOLOV5_COLUMNS[7:])
-    store.seed_from_csv(src)
-    with open(tmp_path / "run" / "evolve.csv", "a") as f:     # YOLOv5 writes nan results too
-        f.write(",".join(f"{v:>20.5g}" for v in [float("nan")] * 7 + [0.01] * 29) + "\n")
-    out = plot_evolve(tmp_path / "run" / "evolve.csv", log=lambda s: None)
-    assert out.stat().st_size > 0
-
-
-def test_more_than_thirty_genes_grow_the_grid(tmp_path: Path) -> None:
+def test_more_than_thirty_genes_and_nan_rows(tmp_path: Path) -> None:
     names = RESULT_KEYS + tuple(f"g{i}" for i in range(33))
     rng = np.random.default_rng(0)
     body = [",".join(f"{v:>20.5g}" for v in rng.random(len(names))) for _ in range(5)]
+    body.append(",".join(f"{v:>20.5g}" for v in [float("nan")] * len(names)))  # YOLOv5 nan row
     csv = tmp_path / "evolve.csv"
     csv.write_text(",".join(f"{k:>20}" for k in names) + "\n" + "\n".join(body) + "\n")
     assert _png_size(plot_evolve(csv, log=lambda s: None)) == (2000, 2400)

@@ -144,9 +144,12 @@ def _local_errors(raw: dict[str, Any]) -> list[str]:
     errors = [f"{k}: not supported for on-prem clusters (provider type local); Ray builds one "
               "node type from provider.worker_ips" for k in ("available_node_types", "head_node",
                                                              "worker_nodes") if raw.get(k)]
-    need = ["max_workers"] if "coordinator_address" in provider else ["head_ip", "worker_ips"]
-    return errors + [f"{'' if k == 'max_workers' else 'provider.'}{k}: required for an on-prem "
-                     "cluster" for k in need if k not in (raw if k == "max_workers" else provider)]
+    if "coordinator_address" in provider:
+        need_max = "max_workers" not in raw
+        return errors + ["max_workers: required with provider.coordinator_address"] * need_max
+    return errors + [f"provider.{k}: required for an on-prem cluster (or set "
+                     "provider.coordinator_address)" for k in ("head_ip", "worker_ips")
+                     if k not in provider]
 
 
 @contextlib.contextmanager

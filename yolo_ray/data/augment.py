@@ -19,7 +19,8 @@ Segments = list[np.ndarray]
 
 
 # ---------------------------------------------------------------- box format conversions
-def xywhn2xyxy(x: np.ndarray, w: float, h: float, padw: float = 0.0, padh: float = 0.0) -> np.ndarray:
+def xywhn2xyxy(x: np.ndarray, w: float, h: float, padw: float = 0.0,
+               padh: float = 0.0) -> np.ndarray:
     """Normalised centre-xywh (n, 4) → pixel corners (n, 4), shifted by the padding."""
     y = np.empty_like(x)
     y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
@@ -124,7 +125,8 @@ def _warp_boxes(boxes: np.ndarray, M: np.ndarray, perspective: bool, w: int, h: 
     return out
 
 
-def _warp_segments(segments: Sequence[np.ndarray], M: np.ndarray, perspective: bool, w: int, h: int) -> np.ndarray:
+def _warp_segments(segments: Sequence[np.ndarray], M: np.ndarray, perspective: bool, w: int,
+                   h: int) -> np.ndarray:
     out = np.zeros((len(segments), 4))
     for i, seg in enumerate(resample_segments(segments)):
         xy = _warp_points(seg, M, perspective)

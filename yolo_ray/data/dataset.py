@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -14,8 +14,17 @@ from torch.utils.data import Dataset
 
 from ..config.schema import Hyp
 from ..errors import ConfigError, DataError
-from .augment import (augment_hsv, copy_paste, letterbox, mixup, place_mosaic,
-                      random_flips, random_perspective, xywhn2xyxy, xyxy2xywhn)
+from .augment import (
+    augment_hsv,
+    copy_paste,
+    letterbox,
+    mixup,
+    place_mosaic,
+    random_flips,
+    random_perspective,
+    xywhn2xyxy,
+    xyxy2xywhn,
+)
 from .files import default_cache_path, img2label_path, list_image_files
 from .scan import LabelScan, scan_labels
 
@@ -122,13 +131,15 @@ class YoloDataset(Dataset):
                 shapes[b] = ari.max(), 1
             elif ari.min() > 1:
                 shapes[b] = 1, 1 / ari.min()
-        self.batch_shapes = np.ceil(shapes * self.imgsz / self.stride + pad).astype(int) * self.stride
+        steps = np.ceil(shapes * self.imgsz / self.stride + pad).astype(int)
+        self.batch_shapes = steps * self.stride
 
     # ------------------------------------------------------------------ image loading
     def _resized_hw(self, h0: int, w0: int) -> tuple[int, int]:
         r = self.imgsz / max(h0, w0)
         # The long side is exactly imgsz; the -1e-6 keeps float error from ceiling one pixel up.
-        return (min(self.imgsz, math.ceil(h0 * r - 1e-6)), min(self.imgsz, math.ceil(w0 * r - 1e-6)))
+        return (min(self.imgsz, math.ceil(h0 * r - 1e-6)),
+                min(self.imgsz, math.ceil(w0 * r - 1e-6)))
 
     def _read(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         path = self.im_files[i]
@@ -201,7 +212,8 @@ class YoloDataset(Dataset):
             img, labels = self._warp(img, labels, segs, rng)
         return img, labels, shapes
 
-    def _sample(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Shapes]:
+    def _sample(self, index: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, Shapes]:
         h = self.hyp
         if self.mosaic and h["mosaic"] and rng.random() < h["mosaic"]:
             img, labels = self.load_mosaic(index, rng)

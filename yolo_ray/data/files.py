@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from ..errors import DataError
 

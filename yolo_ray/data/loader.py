@@ -97,7 +97,8 @@ def create_val_loader(data: DataConfig | Sources, imgsz: int, batch_size: int,
                       hyp: Hyp | None = None, stride: int = 32, rect: bool = True,
                       pad: float = 0.5, cache: bool | str = False, workers: int = 2,
                       seed: int = 0, single_cls: bool = False, nc: int | None = None,
-                      split: str = "val", cache_labels: bool = True, log: Log = print) -> DataLoader:
+                      split: str = "val", cache_labels: bool = True,
+                      log: Log = print) -> DataLoader:
     """Validation loader: no augmentation, no shuffle, rect batches with pad 0.5 (YOLOv5 val)."""
     ds = create_dataset(data, imgsz, batch_size, hyp, stride, False, rect, pad, cache, seed,
                         single_cls, nc, split, cache_labels, log)

@@ -6,10 +6,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -74,7 +74,8 @@ def files_hash(image_files: Sequence[Path], nc: int | None) -> str:
 
 def _from_records(records: list[ImageRecord], labels_dir: Path, nc: int | None) -> LabelScan:
     ok = [r for r in records if r.status != "corrupt"]
-    count = {s: sum(r.status == s for r in records) for s in ("found", "missing", "empty", "corrupt")}
+    statuses = [r.status for r in records]
+    count = {s: statuses.count(s) for s in ("found", "missing", "empty", "corrupt")}
     return LabelScan(
         images=[r.image for r in ok], labels=[r.labels for r in ok],
         segments=[r.segments for r in ok],

@@ -127,3 +127,11 @@ def parse_sidecar_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
     if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
         raise StoreError(f"{where}: row must be a non-negative integer or null, got {row!r}")
     return entry
+
+
+def json_scalar(value: object) -> object:
+    """numpy scalars (np.int64 seeds, np.float32 times) become plain JSON numbers."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

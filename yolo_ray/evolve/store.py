@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import StoreError
 from ..train.results import RESULT_KEYS
 from .files import (
-    SIDECAR_NAME, append_durable, complete_lines, decode_line, parse_sidecar_line,
+    SIDECAR_NAME, append_durable, complete_lines, decode_line, json_scalar, parse_sidecar_line,
     read_evolve_csv_bytes, truncate_torn, write_text_atomic,
 )
 from .records import (
@@ -235,12 +235,13 @@ class EvolutionStore:
 
     def rows(self) -> RowTable:
         """All evolve.csv rows (read by column name) with their sidecar metadata."""
-        self.refresh()
-        if self._table is None:
-            n = len(self._rows)
-            self._table = RowTable(self._rows, self._fitness[:n].copy(),
-                                   self._eligible[:n].copy())
-        return self._table
+        with self._mutex:
+            self.refresh()
+            if self._table is None:
+                n = len(self._rows)
+                self._table = RowTable(self._rows, self._fitness[:n].copy(),
+                                       self._eligible[:n].copy())
+            return self._table
 
     @property
     def hyp_keys(self) -> tuple[str, ...] | None:
@@ -335,7 +336,7 @@ class EvolutionStore:
     def _append_sidecar(self, entries: list[dict[str, Any]]) -> None:
         if not entries:
             return
-        text = "".join(json.dumps(e, allow_nan=True) + "\n" for e in entries)
+        text = "".join(json.dumps(e, default=json_scalar) + "\n" for e in entries)
         try:
             append_durable(self.sidecar_path, text.encode("utf-8"))
         except OSError as e:

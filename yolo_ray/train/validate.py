@@ -50,11 +50,11 @@ def _stats_for_image(det: torch.Tensor, labels: torch.Tensor, shape_info, img_hw
     (h0, w0), ratio_pad = shape_info
     h, w = img_hw
     predn = det.clone()
-    scale_boxes((h, w), predn[:, :4], (h0, w0), ratio_pad)
+    predn[:, :4] = scale_boxes((h, w), predn[:, :4], (h0, w0), ratio_pad)
     tcls = labels[:, 0]
     if len(labels):
         tbox = xywh2xyxy(labels[:, 1:5]) * torch.tensor((w, h, w, h), dtype=labels.dtype)
-        scale_boxes((h, w), tbox, (h0, w0), ratio_pad)
+        tbox = scale_boxes((h, w), tbox, (h0, w0), ratio_pad)
         labelsn = torch.cat((tcls[:, None], tbox), 1)
     if len(det) == 0:
         correct = np.zeros((0, len(IOU_VECTOR)), bool)

@@ -1,0 +1,132 @@
+"""Benchmark: prune yolov5n.pt (l1 / global-l1 / channel × amounts) — size, speed and mAP.
+
+For each method and amount: parameters, sparsity (YOLOv5's, over all parameters, and over
+conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 (BN-fused model, forward
+only, NMS excluded as in YOLOv5's speed figures; median of repeats after warm-up) and
+mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6). Pruning is
+applied to the released weights without fine-tuning.
+
+    python bench/prune.py                      # the run recorded in docs/benchmarks.md
+    python bench/prune.py --amounts 0.3 --methods channel --no-map
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n.pt"))
+    p.add_argument("--data", default=str(SHARED / "datasets" / "coco128.yaml"))
+    p.add_argument("--methods", nargs="+", default=["l1", "global-l1", "channel"])
+    p.add_argument("--amounts", nargs="+", type=float, default=[0.1, 0.3, 0.5])
+    p.add_argument("--img", type=int, default=320, help="image size for speed and mAP")
+    p.add_argument("--batch", type=int, default=16, help="validation batch size")
+    p.add_argument("--speed-runs", type=int, default=15, help="timed batch-1 forwards")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    return p.parse_args(argv)
+
+
+def load_model(weights: str):
+    """yolov5n built from the checkpoint's yaml with its weights loaded."""
+    from yolo_ray.models.weights import load_weights, transfer_state_dict
+    from yolo_ray.models.yolo import build_model
+
+    sd, meta = load_weights(weights)
+    model = build_model(meta.get("yaml") or "yolov5n", nc=meta.get("nc"))
+    n, total = transfer_state_dict(model, sd)
+    if n != total:
+        raise SystemExit(f"{weights}: only {n}/{total} tensors matched")
+    return model.eval()
+
+
+def infer_ms(model, img: int, runs: int) -> float:
+    """Median batch-1 forward time (ms) of the BN-fused model."""
+    import torch
+
+    fused = copy.deepcopy(model).eval().fuse()
+    x = torch.rand(1, 3, img, img, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 3):
+            t = time.perf_counter()
+            fused(x)
+            if i >= 3:  # warm-up
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def val_map(model, loader) -> tuple[float, float]:
+    from yolo_ray.train.validate import evaluate
+
+    m = evaluate(model, loader, "cpu", conf_thres=0.001, iou_thres=0.6).metrics
+    return m.map50, m.map
+
+
+def measure(model, label: str, args: argparse.Namespace, loader, before=None) -> dict:
+    from yolo_ray.models.prune import sparsity_report
+
+    rep = sparsity_report(model, imgsz=640)
+    row = {"method": label, "params": rep.params, "sparsity_all": rep.sparsity_all,
+           "sparsity_conv": rep.sparsity_conv, "gflops": rep.gflops,
+           "ms": infer_ms(model, args.img, args.speed_runs)}
+    row["map50"], row["map"] = val_map(model, loader) if loader is not None else (None, None)
+    print(f"# {label}: {row}", file=sys.stderr)
+    return row
+
+
+def format_table(rows: list[dict], markdown: bool) -> str:
+    head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640",
+            "CPU ms/img", "mAP50", "mAP50-95"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [[r["method"], str(r.get("amount", "-")), f"{r['params']:,}", f"{r['sparsity_all']:.3f}",
+              f"{r['sparsity_conv']:.3f}", f"{r['gflops']:.2f}", f"{r['ms']:.1f}",
+              fmt(r["map50"]), fmt(r["map"])] for r in rows]
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(out + ["| " + " | ".join(x) + " |" for x in lines])
+    w = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return "\n".join("  ".join(x.rjust(n) for x, n in zip(row, w)) for row in [head, *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    from yolo_ray.config.load import load_data_config
+    from yolo_ray.data.loader import create_val_loader
+    from yolo_ray.models.prune import prune_model
+
+    torch.set_num_threads(args.threads)
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    model = load_model(args.weights)
+    loader = None if args.no_map else create_val_loader(
+        load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
+        log=lambda *a, **k: None)
+    rows = [{**measure(model, "none", args, loader), "amount": 0.0}]
+    for method in args.methods:
+        for amount in args.amounts:
+            pruned = prune_model(model, amount, method, imgsz=None).model.eval()
+            rows.append({**measure(pruned, method, args, loader), "amount": amount})
+    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, {args.threads} threads, no "
+          f"fine-tuning; load average {load0:.2f} → {os.getloadavg()[0]:.2f}; "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(format_table(rows, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

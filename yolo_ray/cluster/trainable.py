@@ -1,0 +1,98 @@
+"""The Tune function trainable: one evolution trial is one Trainer run, reported every epoch."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from ..evolve.ga import Suggestion
+from ..train.results import RESULT_KEYS
+from .request import EvolveRequest, isolate_devices
+
+TRAIN_LOSS_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss")
+LR_KEYS = ("x/lr0", "x/lr1", "x/lr2")
+METRIC = "fitness"   # what Tune's searcher and schedulers optimise
+MODE = "max"
+TIME_ATTR = "epoch"  # ASHA's clock: finished epochs (1-based)
+
+
+def trial_config(s: Suggestion, suggested_at: float) -> dict[str, Any]:
+    """The Tune config of a trial: everything needed to train it and to record its row."""
+    return {
+        "trial_index": s.trial_index, "hyp": dict(s.hyp), "extras": dict(s.extras),
+        "parent_rows": list(s.parent_rows), "seed": s.seed, "generation": s.generation,
+        "cloned": s.cloned, "strategy": s.strategy, "suggested_at": suggested_at,
+    }
+
+
+def suggestion_from_config(config: Mapping[str, Any]) -> Suggestion:
+    """Rebuild the Suggestion a config was made from (after a restore, from Tune's state)."""
+    return Suggestion(
+        int(config["trial_index"]), {k: float(v) for k, v in config["hyp"].items()},
+        {k: float(v) for k, v in config.get("extras", {}).items()},
+        tuple(int(i) for i in config.get("parent_rows", ())), int(config["seed"]),
+        int(config["generation"]), bool(config.get("cloned", False)),
+        str(config.get("strategy", "classic")))
+
+
+def epoch_report(record: Any, metrics: Any = None, fitness: float | None = None) -> dict[str, Any]:
+    """Tune result for one EpochRecord: results.csv names plus `fitness` and `epoch` (1-based).
+
+    `metrics`/`fitness` override the record's (e.g. the final, pruned validation).
+    """
+    m = metrics if metrics is not None else record.metrics
+    lrs = (tuple(record.lrs) + (0.0, 0.0, 0.0))[:3]
+    out: dict[str, Any] = {TIME_ATTR: record.epoch + 1,
+                           METRIC: float(record.fitness if fitness is None else fitness),
+                           "validated": bool(record.validated), "epoch_time": record.epoch_time}
+    out.update(zip(TRAIN_LOSS_KEYS, (float(v) for v in record.train_losses)))
+    out.update(zip(RESULT_KEYS, m.as_row()))
+    out.update(zip(LR_KEYS, (float(v) for v in lrs)))
+    return out
+
+
+def result_values(result: Mapping[str, Any]) -> list[float] | None:
+    """The seven evolve.csv result values of a Tune result (None when it has none)."""
+    try:
+        return [float(result[k]) for k in RESULT_KEYS]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def evolve_trial(config: dict[str, Any], request: EvolveRequest) -> None:
+    """Train one suggested hyp set for `request.epochs`; report every epoch, then `final`.
+
+    The last report carries `final=True`: a trial whose last result lacks it was stopped
+    early (ASHA). Exceptions (non-finite loss, OOM) propagate so Tune retries the trial.
+    """
+    import ray
+    from ray import tune
+
+    t_start = time.time()
+    gpu_ids = list(ray.get_gpu_ids())
+    isolate_devices(gpu_ids, request.device_policy)  # before anything initialises CUDA
+    import torch
+
+    from ..config.schema import Hyp
+    from ..train.trainer import Trainer
+
+    settings = request.trial_settings(config.get("extras"), gpu_ids, seed=config["seed"],
+                                      cuda_available=torch.cuda.is_available())
+    info = {"node": ray.util.get_node_ip_address(), "device": settings.device,
+            "t_trial_start": t_start}
+    records: list[Any] = []
+
+    def report_epoch(record: Any) -> None:
+        records.append(record)
+        if record.epoch + 1 < settings.epochs:  # the last epoch is reported after fit()
+            tune.report(epoch_report(record) | info | {"final": False})
+
+    trainer = Trainer(settings, Hyp.from_mapping(config["hyp"], "<trial hyp>"),
+                      hooks=[report_epoch], write_files=False)
+    trainer.setup()
+    info["t_loop_start"] = time.time()
+    result = trainer.fit()
+    info["t_loop_end"] = time.time()
+    # Same metrics as the last epoch unless --prune-at end re-validated the pruned model.
+    tune.report(epoch_report(records[-1], result.metrics, result.fitness) | info
+                | {"final": True})
