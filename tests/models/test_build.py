@@ -74,8 +74,12 @@ def _expected_entries(gd: float, gw: float, nc: int = 80) -> list[tuple[str, tup
         for j in range(n):
             conv(f"{p}.m.{j}.cv1", c_, c_, 1), conv(f"{p}.m.{j}.cv2", c_, c_, 3)
 
-    width = lambda c: math.ceil(c * gw / 8) * 8  # noqa: E731
-    depth = lambda n: max(round(n * gd), 1)  # noqa: E731
+    def width(c: int) -> int:
+        return math.ceil(c * gw / 8) * 8
+
+    def depth(n: int) -> int:
+        return max(round(n * gd), 1)
+
     rows = [("Conv", 64, 6), ("Conv", 128, 3), ("C3", 128, 3), ("Conv", 256, 3), ("C3", 256, 6),
             ("Conv", 512, 3), ("C3", 512, 9), ("Conv", 1024, 3), ("C3", 1024, 3), ("SPPF", 1024),
             ("Conv", 512, 1), ("Up",), ("Cat", 6), ("C3", 512, 3), ("Conv", 256, 1), ("Up",),
@@ -129,7 +133,7 @@ def test_stride_anchors_and_bias_prior(built) -> None:
     assert det.anchors[0].tolist() == [[1.25, 1.625], [2.0, 3.75], [4.125, 2.875]]
     assert det.anchors[1].tolist() == [[1.875, 3.8125], [3.875, 2.8125], [3.6875, 7.4375]]
     assert det.anchors[2].tolist() == [[3.625, 2.8125], [4.875, 6.1875], [11.65625, 10.1875]]
-    for conv, s in zip(det.m, (8, 16, 32)):
+    for conv, s in zip(det.m, (8, 16, 32), strict=True):
         b = conv.bias.detach().view(3, -1)
         tol = 1 / math.sqrt(conv.in_channels)  # PyTorch's default bias init range
         assert torch.all((b[:, 4] - math.log(8 / (640 / s) ** 2)).abs() <= tol)
@@ -208,7 +212,7 @@ def test_no_grad_prefix_stops_backward_at_the_frozen_prefix() -> None:
     ref = [o.detach() for o in model(x)]
     model.no_grad_prefix = 10
     out = model(x)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, out))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, out, strict=True))
     sum(o.sum() for o in out).backward()
     for name, p in model.named_parameters():
         layer = int(name.split(".")[1])

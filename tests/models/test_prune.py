@@ -19,7 +19,12 @@ from yolo_ray.models.yolo import build_model
 
 @pytest.fixture(scope="module")
 def base_model():
-    return build_model("yolov5n", nc=3)
+    model = build_model("yolov5n", nc=3)
+    with torch.no_grad():  # random init gives an exact 0.0 now and then (p ≈ 2⁻²⁴ per weight)
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight[m.weight == 0] = 1e-4
+    return model
 
 
 def _convs(model):
@@ -123,13 +128,36 @@ def test_channel_prune_smaller_and_faster(base_model, channel_result):
 def test_channel_pruned_runs_forward_backward(base_model, channel_result):
     pruned = channel_result.model.train()
     x = _x(1)
-    outs, ref = pruned(x), base_model.train()(x)
+    outs, ref = pruned(x), copy.deepcopy(base_model).train()(x)
     assert [o.shape for o in outs] == [o.shape for o in ref]
     sum(o.float().pow(2).mean() for o in outs).backward()
     assert all(p.grad is not None for p in pruned.parameters())
     pruned.eval()
     with torch.no_grad():
-        assert pruned(x)[0].shape == base_model.eval()(x)[0].shape
+        assert pruned(x)[0].shape == copy.deepcopy(base_model).eval()(x)[0].shape
+
+
+def test_channel_prune_is_exact_for_dead_channels(base_model):
+    """Channels whose BN γ = 0 carry the constant act(β): removing them (with the constant
+    folded into the consumers) leaves the 1×1-conv paths exact and the rest close."""
+    plan = plan_channel_prune(base_model, 0.3)
+    dead = copy.deepcopy(base_model).eval()
+    mods = dict(dead.named_modules())
+    with torch.no_grad():
+        for path, keep in plan.keep.items():
+            bn = mods[path].bn
+            drop = sorted(set(range(bn.num_features)) - set(keep))
+            bn.weight[drop] = 0.0
+            bn.bias[drop] = 0.0  # act(0) = 0: removal must be exact
+    pruned = apply_channel_plan(dead, plan).eval()
+    x = _x(5)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x)[0], dead(x)[0], rtol=1e-5, atol=1e-4)
+        for path, keep in plan.keep.items():  # now non-zero β: compensation keeps it close
+            mods[path].bn.bias[sorted(set(range(mods[path].bn.num_features)) - set(keep))] = 0.3
+        pruned = apply_channel_plan(dead, plan).eval()
+        ref, out = dead(x)[0], pruned(x)[0]
+        assert (out - ref).abs().mean() < 0.05 * ref.abs().mean()
 
 
 def test_channel_plan_respects_coupling(base_model, channel_result):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config.schema import Hyp, TrainSettings
+from ..errors import ConfigError
 
 STRATEGIES = ("classic", "pbt")
 EARLY_STOP = ("none", "asha")
@@ -37,7 +38,7 @@ class EvolveRequest:
     seed: int = 0                        # run seed: GA draws use (seed, trial index)
     imgsz: int = 640
     batch_size: int = 16
-    workers: int = 2
+    workers: int | None = None           # data loader workers; None = cpus_per_trial - 1 (≤ 8)
     optimizer: str = "SGD"
     cos_lr: bool = False
     single_cls: bool = False
@@ -49,11 +50,11 @@ class EvolveRequest:
     prune_at: str = "end"
     evolve_freeze: tuple[int, int] | None = None      # optional sidecar gene bounds
     evolve_prune: tuple[float, float] | None = None   # optional sidecar gene bounds
-    gpus_per_trial: float = 0.0          # fractions allowed; 0 = CPU slots
-    cpus_per_trial: int = 1              # also the trial's torch threads
+    gpus_per_trial: float | None = None  # fractions allowed; 0 = CPU slots; None = auto
+    cpus_per_trial: int | None = None    # also the trial's torch threads; None = auto
     max_concurrent: int = 0              # 0 = derived from the cluster's GPUs / CPUs
     address: str | None = None           # None = embedded local Ray; "auto" / HOST:PORT
-    storage: str | None = None           # Tune storage path/URI; None = <run_dir>/ray
+    storage: str | None = None           # Tune storage path/URI; None = the run folder
     max_failures: int = 1                # retries per trial before it is recorded failed
     early_stop: str = "none"             # none | asha
     resume: bool = False
@@ -63,12 +64,8 @@ class EvolveRequest:
     verbose: int = 1                     # 0 quiet, 1 progress lines, 2 + Ray's own output
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
-        if self.early_stop not in EARLY_STOP:
-            raise ValueError(f"early_stop {self.early_stop!r} is not one of {EARLY_STOP}")
-        if self.device_policy not in DEVICE_POLICIES:
-            raise ValueError(f"device_policy {self.device_policy!r} not in {DEVICE_POLICIES}")
+        for problem in request_problems(self):
+            raise ConfigError(problem)
 
     @property
     def experiment_name(self) -> str:
@@ -90,6 +87,11 @@ class EvolveRequest:
         """TensorBoard root (`tensorboard --logdir <this>`)."""
         return self.run_dir / "tensorboard"
 
+    @property
+    def threads(self) -> int:
+        """torch CPU threads per trial: its CPUs (1 until resources are resolved)."""
+        return max(1, int(self.cpus_per_trial or 1))
+
     def replace(self, **changes: object) -> "EvolveRequest":
         """A copy with some fields changed."""
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -103,8 +105,9 @@ class EvolveRequest:
         return TrainSettings(
             data=self.data, cfg=self.cfg, weights=self.weights, epochs=self.epochs,
             batch_size=self.batch_size, imgsz=self.imgsz, optimizer=self.optimizer,
-            cos_lr=self.cos_lr, patience=0, workers=self.workers, device="cpu",
-            threads=self.cpus_per_trial, seed=self.seed, freeze=self.freeze,
+            cos_lr=self.cos_lr, patience=0, device="cpu",
+            workers=self.workers if self.workers is not None else min(8, self.threads - 1),
+            threads=self.threads, seed=self.seed, freeze=self.freeze,
             freeze_bn_stats=self.freeze_bn_stats, prune_amount=self.prune_amount,
             prune_method=self.prune_method, prune_at=self.prune_at,
             project=str(self.run_dir / "trials"), name="trial", exist_ok=True,
@@ -157,6 +160,40 @@ class EvolveRequest:
         return cls(**kw)
 
 
+def request_problems(r: EvolveRequest) -> list[str]:
+    """User-facing messages for every invalid value of a request (empty when valid)."""
+    checks = [
+        (r.strategy in STRATEGIES, f"--strategy {r.strategy!r} is not one of {', '.join(STRATEGIES)}"),
+        (r.early_stop in EARLY_STOP,
+         f"--early-stop {r.early_stop!r} is not one of {', '.join(EARLY_STOP)}"),
+        (r.device_policy in DEVICE_POLICIES,
+         f"--device {r.device_policy!r} is not one of {', '.join(DEVICE_POLICIES)}"),
+        (r.parent in ("single", "weighted"), f"--parent {r.parent!r} is not single or weighted"),
+        (r.generations >= 1, f"--generations must be >= 1, got {r.generations}"),
+        (r.epochs >= 1, f"--epochs must be >= 1, got {r.epochs}"),
+        (r.population >= 0, f"--population must be >= 0, got {r.population}"),
+        (r.interval >= 1, f"--interval must be >= 1, got {r.interval}"),
+        (r.seed >= 0, f"--seed must be >= 0, got {r.seed}"),
+        (r.gpus_per_trial is None or r.gpus_per_trial >= 0,
+         f"--gpus-per-trial must be >= 0, got {r.gpus_per_trial}"),
+        (r.cpus_per_trial is None or r.cpus_per_trial >= 1,
+         f"--cpus-per-trial must be >= 1, got {r.cpus_per_trial}"),
+        (r.max_concurrent >= 0, f"--max-concurrent must be >= 0, got {r.max_concurrent}"),
+        (r.max_failures >= -1, f"--max-failures must be >= -1, got {r.max_failures}"),
+        (r.workers is None or r.workers >= 0, f"--workers must be >= 0, got {r.workers}"),
+    ]
+    out = [msg for ok, msg in checks if not ok]
+    if r.evolve_freeze is not None:
+        lo, hi = r.evolve_freeze
+        if not 0 <= lo <= hi:
+            out.append(f"--evolve-freeze LO HI needs 0 <= LO <= HI, got {lo} {hi}")
+    if r.evolve_prune is not None:
+        lo, hi = r.evolve_prune
+        if not 0 <= lo <= hi < 1:
+            out.append(f"--evolve-prune LO HI needs 0 <= LO <= HI < 1, got {lo} {hi}")
+    return out
+
+
 def trial_device(gpu_ids: Sequence[object], policy: str = "auto",
                  cuda_available: bool = True) -> str:
     """'0' (the first visible CUDA device) when Ray gave the trial a usable GPU, else 'cpu'.
@@ -195,3 +232,6 @@ class EvolveSummary:
     tb_dir: Path | None = None
     wall_s: float = 0.0
     complete: bool = True                # False when interrupted before G rows
+    # Per trial (when known): wall-clock seconds of suggested, trial_start, loop_start,
+    # loop_end and recorded (row written), for overhead measurements.
+    timings: tuple[dict[str, float], ...] = ()

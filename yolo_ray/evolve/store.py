@@ -352,10 +352,11 @@ class EvolutionStore:
         except OSError as e:
             raise StoreError(f"{self.yaml_path}: cannot write: {e.strerror or e}") from None
 
-    def seed_from_csv(self, path: str | Path) -> int:
+    def seed_from_csv(self, path: str | Path, drop: Sequence[str] = ()) -> int:
         """Import every row of a (YOLOv5-made) evolve.csv; returns how many rows were added.
 
-        Columns are matched by name; the file must have exactly this store's hyp columns.
+        Columns are matched by name; the file must have exactly this store's hyp columns,
+        apart from `drop` (e.g. YOLOv5's `anchors` when evolving as --noautoanchor).
         Importing the same file again adds nothing (trial ids derive from the line contents).
         """
         src = Path(path)
@@ -365,7 +366,7 @@ class EvolutionStore:
             raise StoreError(f"{src}: cannot read evolve.csv to seed from: "
                              f"{e.strerror or e}") from None
         columns, rows = read_evolve_csv_bytes(data, str(src))
-        file_hyp = [c for c in columns if c not in RESULT_KEYS]
+        file_hyp = [c for c in columns if c not in RESULT_KEYS and c not in drop]
         keys = self._hyp_keys if self._hyp_keys is not None else tuple(file_hyp)
         extra = [c for c in file_hyp if c not in keys]
         if extra:

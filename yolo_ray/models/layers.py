@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+# Detect returns the per-level raw maps when training, (decoded, raw) in eval mode.
+DetectOutput = list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]
 
 # YOLOv5's BatchNorm settings (set by its initialize_weights); numerical parity needs them.
 BN_EPS = 1e-3
@@ -151,7 +154,7 @@ class Detect(nn.Module):
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
         self._grids: dict[tuple, torch.Tensor] = {}  # (level, ny, nx, device, dtype) -> grid
 
-    def forward(self, xs: list[torch.Tensor]):
+    def forward(self, xs: list[torch.Tensor]) -> DetectOutput:
         """Training: list of (bs, na, ny, nx, no). Eval: (pred (bs, N, no) in pixels, list)."""
         out = []
         for i in range(self.nl):
@@ -187,7 +190,7 @@ class Detect(nn.Module):
     @torch.no_grad()
     def initialize_biases(self) -> None:
         """RetinaNet-style prior: objectness ≈ 8 objects per 640² image, class prob ≈ 0.6/nc."""
-        for conv, s in zip(self.m, self.stride.tolist()):
+        for conv, s in zip(self.m, self.stride.tolist(), strict=True):
             b = conv.bias.view(self.na, -1)
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:5 + self.nc] += math.log(0.6 / (self.nc - 0.99999))

@@ -35,7 +35,8 @@ class ParsedModel:
     layers: tuple[LayerSpec, ...]
     save: tuple[int, ...]  # layers whose outputs are reused later (sorted)
     nc: int
-    anchors: tuple[tuple[float, ...], ...]  # pixels, one flat (w,h,...) row per level
+    anchors: int | tuple[tuple[float, ...], ...]  # pixels, one (w,h, w,h…) row per level,
+    # or k (k placeholder anchors per level, for AutoAnchor to replace)
     ch: int
     activation: str | None
 
@@ -58,7 +59,7 @@ def parse_model(d: dict, ch: int = 3) -> ParsedModel:
     anchors = _check_anchors(d["anchors"], where)
     divisor = _positive_int(d.get("channel_multiple", 8), "channel_multiple", where)
     ch = _positive_int(d.get("ch", ch), "ch", where)
-    no = (len(anchors[0]) // 2) * (nc + 5)
+    no = (anchors if isinstance(anchors, int) else len(anchors[0]) // 2) * (nc + 5)
     rows = _rows(d, where)
     chs: list[int] = [ch]
     layers: list[LayerSpec] = []
@@ -72,7 +73,8 @@ def parse_model(d: dict, ch: int = 3) -> ParsedModel:
         save.update(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         chs = [spec.c2] if i == 0 else chs + [spec.c2]  # drop the input channels after layer 0
     return ParsedModel(tuple(layers), tuple(sorted(save)), nc,
-                       tuple(tuple(a) for a in anchors), ch, d.get("activation"))
+                       anchors if isinstance(anchors, int) else tuple(map(tuple, anchors)),
+                       ch, d.get("activation"))
 
 
 def _check_top(d: Any, where: str) -> None:
@@ -98,12 +100,12 @@ def _positive_int(v: Any, key: str, where: str) -> int:
     return v
 
 
-def _check_anchors(a: Any, where: str) -> list[list[float]]:
+def _check_anchors(a: Any, where: str) -> int | list[list[float]]:
     """Anchors: a list of per-level [w,h, w,h, ...] pixel lists, or an int k (placeholders)."""
     if isinstance(a, int) and not isinstance(a, bool) and a > 0:
-        return [list(range(a * 2))] * 3  # YOLOv5's placeholder for 'anchors: 3' (set later)
-    ok = isinstance(a, list) and a and all(
-        isinstance(level, list) and level and len(level) % 2 == 0
+        return a  # k anchors per level; Detect gets placeholders (see _layer_spec)
+    ok = isinstance(a, (list, tuple)) and a and all(
+        isinstance(level, (list, tuple)) and level and len(level) % 2 == 0
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in level)
         for level in a)
     if not ok or len({len(level) for level in a}) != 1:
@@ -148,7 +150,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _substitute(a: Any, nc: int, anchors: list[list[float]]) -> Any:
+def _substitute(a: Any, nc: int, anchors: int | list[list[float]]) -> Any:
     if isinstance(a, str) and a in _NAMED_ARGS:
         return {"nc": nc, "anchors": anchors, "None": None}[a]
     return a
@@ -172,7 +174,7 @@ def _layer_spec(i: int, f: int | tuple[int, ...], n: int, name: str, args: list,
     elif entry.kind == "concat":
         c2 = sum(chs[x] for x in froms)
     elif entry.kind == "detect":
-        if len(args) >= 2 and _is_int(args[1]) and args[1] > 0:  # 'k anchors per level'
+        if len(args) >= 2 and _is_int(args[1]) and args[1] > 0:  # YOLOv5's placeholders
             args = [args[0], [list(range(args[1] * 2))] * len(froms), *args[2:]]
         if len(args) < 2 or not isinstance(args[1], list) or len(args[1]) != len(froms):
             raise ConfigError(f"{at}: Detect needs [nc, anchors] with one anchor level per "

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .freeze import is_fused
 
 METHODS = ("l1", "global-l1", "channel")
 IMPORTANCE = ("bn", "l1")
@@ -41,14 +42,16 @@ def conv_gflops(model: nn.Module, imgsz: int = 640) -> float:
     """GFLOPs (2·MACs) of every Conv2d for one imgsz×imgsz image, measured by forward hooks."""
     total = [0]
 
-    def count(m: nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
-        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
-        total[0] += 2 * out.numel() * k
+    def count(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        w = m.conv.weight if is_fused(m) else m.weight
+        total[0] += 2 * out.numel() * w[0].numel()
 
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return 0.0
-    w, handles = convs[0].weight, [m.register_forward_hook(count) for m in convs]
+    # A frozen Conv block folded by freeze.py calls F.conv2d itself: count it at the block.
+    counted = [m for m in model.modules() if isinstance(m, nn.Conv2d) or is_fused(m)]
+    w, handles = convs[0].weight, [m.register_forward_hook(count) for m in counted]
     was = model.training
     try:
         model.eval()
@@ -211,13 +214,26 @@ class _Graph:
     locked: list[bool] = field(default_factory=list)
     producers: dict[int, list[str]] = field(default_factory=dict)  # space -> Conv block paths
     consumers: list[tuple[str, list[int]]] = field(default_factory=list)  # Conv2d path, inputs
+    origin: list[str | None] = field(default_factory=list)  # Conv block that wrote the space
+    terms: dict[int, list[int]] = field(default_factory=dict)  # spaces summed into this tensor
 
     def new(self, size: int | None, producer: str | None = None, locked: bool = False) -> int:
-        self.parent.append(len(self.parent))
+        s = len(self.parent)
+        self.parent.append(s)
         self.size.append(size)
         self.locked.append(locked or size is None)
-        self.producers[len(self.parent) - 1] = [producer] if producer else []
-        return len(self.parent) - 1
+        self.producers[s] = [producer] if producer else []
+        self.origin.append(producer)
+        self.terms[s] = [s]
+        return s
+
+    def residual(self, a: int, b: int) -> int:
+        """The space of `a + b` (a residual add): one channel set shared by a, b and the sum."""
+        s = self.new(self.size[a])
+        self.terms[s] = self.terms[a] + self.terms[b]
+        self.union(a, b)
+        self.union(a, s)
+        return s
 
     def find(self, s: int) -> int:
         while self.parent[s] != s:
@@ -260,19 +276,18 @@ def _c3(g: _Graph, path: str, m: nn.Module, ins: list[int]) -> list[int]:
     for j, bott in enumerate(m.m):
         h = _unit(g, f"{path}.m.{j}.cv1", bott.cv1, [cur])
         out = _unit(g, f"{path}.m.{j}.cv2", bott.cv2, [h])
-        if getattr(bott, "add", False):
-            g.union(cur, out)  # x + cv2(cv1(x)): both sides keep the same channels
-        cur = out
+        # x + cv2(cv1(x)): both sides keep the same channels
+        cur = g.residual(cur, out) if getattr(bott, "add", False) else out
     return [_unit(g, f"{path}.cv3", m.cv3, [cur, b])]
 
 
 def _bottleneck(g: _Graph, path: str, m: nn.Module, ins: list[int]) -> list[int]:
     out = _unit(g, f"{path}.cv2", m.cv2, [_unit(g, f"{path}.cv1", m.cv1, ins)])
     if getattr(m, "add", False):
-        if len(ins) == 1:
-            g.union(ins[0], out)
-        else:
+        if len(ins) != 1:
             g.lock([*ins, out])
+            return [out]
+        return [g.residual(ins[0], out)]
     return [out]
 
 
@@ -385,6 +400,45 @@ def _input_index(g: _Graph, segments: list[int], kept: dict[int, tuple[int, ...]
     return idx
 
 
+def _removed_values(model: nn.Module, g: _Graph, segments: list[int],
+                    kept: dict[int, tuple[int, ...]]) -> torch.Tensor:
+    """Per consumer input channel: what a removed channel carried, taken as act(β); else 0.
+
+    A channel with BN |γ| ≈ 0 outputs the constant act(β) (summed along a residual chain);
+    folding that constant into the consumer keeps its output (Network Slimming leaves it out).
+    """
+    vals = []
+    for s in segments:
+        v, k = torch.zeros(g.size[s]), kept.get(g.find(s))
+        if k is not None:
+            drop = torch.ones(g.size[s])
+            drop[list(k)] = 0.0
+            for t in g.terms[s]:
+                if g.origin[t] is not None:
+                    blk = model.get_submodule(g.origin[t])
+                    v += blk.act(blk.bn.bias.detach().float().cpu().clone()) * drop
+        vals.append(v)
+    return torch.cat(vals)
+
+
+@torch.no_grad()
+def _compensate(model: nn.Module, g: _Graph, kept: dict[int, tuple[int, ...]]) -> None:
+    """Move removed channels' constant outputs into consumer BN means (or Detect biases)."""
+    shifts = []
+    for path, segs in g.consumers:
+        if any(g.find(s) in kept for s in segs):
+            conv = model.get_submodule(path)
+            shift = conv.weight.detach().float().cpu().sum((2, 3)) @ _removed_values(model, g, segs, kept)
+            shifts.append((path, conv, shift))
+    for path, conv, shift in shifts:  # write after all reads: values come from producer BNs
+        block = model.get_submodule(path.rpartition(".")[0]) if path.endswith(".conv") else None
+        bn = getattr(block, "bn", None)
+        if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
+            bn.running_mean -= shift.to(bn.running_mean)  # BN sees conv(x) − shift from now on
+        elif conv.bias is not None:
+            conv.bias += shift.to(conv.bias)
+
+
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     old = model.get_submodule(path)
@@ -436,9 +490,11 @@ def _compose(prior: ChannelPlan | None, plan: ChannelPlan) -> ChannelPlan:
     return ChannelPlan(keep, plan.amount, plan.importance)
 
 
-def _apply_inplace(model: nn.Module, plan: ChannelPlan) -> nn.Module:
+def _apply_inplace(model: nn.Module, plan: ChannelPlan, compensate: bool = True) -> nn.Module:
     g = _build_graph(model)
     kept = _check_plan(g, plan.keep)
+    if compensate:
+        _compensate(model, g, kept)
     out_idx = {f"{p}.conv": kept[r] for r in kept for p in g.producers[r]}
     in_idx = {c: _input_index(g, segs, kept) for c, segs in g.consumers
               if any(g.find(s) in kept for s in segs)}
@@ -468,7 +524,8 @@ def rebuild_from_plan(model_yaml: dict | str, nc: int | None, plan: ChannelPlan 
     """Build the yaml's model and shrink it to the plan's shapes, ready for load_state_dict."""
     from .yolo import build_model
 
-    return _apply_inplace(build_model(model_yaml, nc=nc), ChannelPlan.from_dict(plan))
+    # No compensation: every tensor is about to be overwritten by the checkpoint's.
+    return _apply_inplace(build_model(model_yaml, nc=nc), ChannelPlan.from_dict(plan), False)
 
 
 # ============================================================================ one call

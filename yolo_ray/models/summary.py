@@ -74,7 +74,7 @@ def _macs_per_output(m: nn.Module) -> int:
 
 
 def format_summary(info: ModelInfo, name: str = "Model") -> str:
-    """e.g. 'YOLOv5s summary: 214 layers, 7,235,389 parameters, 7,235,389 gradients, 16.5 GFLOPs'."""
+    """'YOLOv5s summary: 214 layers, 7,235,389 parameters, 7,235,389 gradients, 16.5 GFLOPs'."""
     flops = f", {info.gflops:.1f} GFLOPs" if info.gflops else ""
     return (f"{name} summary: {info.layers} layers, {info.params:,} parameters, "
             f"{info.gradients:,} gradients{flops}")
@@ -88,5 +88,5 @@ def format_layer_table(model: nn.Module) -> str:
         n = spec.n if spec is not None else 1
         args = list(spec.args) if spec is not None else []
         params = sum(p.numel() for p in m.parameters())
-        lines.append(f"{m.i:>3}{str(m.f):>18}{n:>3}{params:10.0f}  {m.type:<40}{str(args):<30}")
+        lines.append(f"{m.i:>3}{m.f!s:>18}{n:>3}{params:10.0f}  {m.type:<40}{args!s:<30}")
     return "\n".join(lines)

@@ -7,11 +7,13 @@ import contextlib
 import io
 import pickle
 import pickletools
+import sys
 import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +50,8 @@ def load_official_state_dict(path: str | Path, which: str = "model",
     `which` picks ckpt['model'] (what YOLOv5's train.py transfers) or ckpt['ema']; the other
     is used when the chosen one is None (stripped checkpoints keep only 'model').
     """
+    if which not in ("model", "ema"):
+        raise ValueError(f"which must be 'model' or 'ema', got {which!r}")
     p = Path(path)
     ckpt = _restricted_load(p)
     if not isinstance(ckpt, dict) or not ({"model", "ema"} & set(ckpt)):
@@ -88,7 +92,7 @@ class StandIn:
     __slots__ = ("args", "state")
     qualname = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "StandIn":
+    def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:  # noqa: PYI034 (py3.10: no Self)
         obj = super().__new__(cls)
         obj.args, obj.state = args, {}
         return obj
@@ -258,7 +262,7 @@ def _pickle_globals(data: bytes, path: Path) -> list[str]:
             elif op.name not in _NO_PUSH_OPS:
                 pushed.append(arg if op.name in _STRING_OPS else None)
             del pushed[:-2]
-    except Exception as e:  # malformed opcode stream from an untrusted file
+    except Exception as e:  # noqa: BLE001 - malformed opcodes from an untrusted file
         raise WeightsError(f"{path}: not a valid checkpoint pickle: {e}") from None
     return found
 
@@ -295,18 +299,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _restricted_load(path: Path) -> Any:
     with _open_archive(path) as (zf, prefix):
+        order = f"{prefix}byteorder"  # raw storages are in the writer's byte order
+        if order in zf.namelist() and zf.read(order).decode(errors="replace") != sys.byteorder:
+            raise WeightsError(f"{path}: storages are {zf.read(order)!r}-endian, this machine "
+                               f"is {sys.byteorder}-endian")
         try:
             return _RestrictedUnpickler(zf, prefix, path).load()
         except WeightsError:
             raise
-        except Exception as e:  # untrusted bytes: any failure means "not a usable checkpoint"
+        except Exception as e:  # noqa: BLE001 - untrusted bytes: any failure = "not usable"
             raise WeightsError(f"{path}: not a valid checkpoint: {type(e).__name__}: {e}") from None
 
 
 def _load_own(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refusals and corrupt files alike
+    except Exception as e:  # noqa: BLE001 - weights_only refusals and corrupt files alike
         raise WeightsError(f"{path}: cannot load checkpoint safely: {e}") from None
     if not isinstance(ckpt, Mapping):
         raise WeightsError(f"{path}: not a checkpoint (expected a dict, got {type(ckpt).__name__})")

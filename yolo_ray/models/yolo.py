@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config.load import load_model_yaml
 from ..errors import ConfigError
-from .layers import Conv, Detect
+from .layers import Conv, Detect, DetectOutput
 from .parse import LayerSpec, ParsedModel, parse_model
 from .registry import MODULES, build_activation, module_type_name
 
@@ -37,7 +38,8 @@ class DetectionModel(nn.Module):
         if nc is not None:
             self.yaml["nc"] = nc  # YOLOv5: "Overriding model.yaml nc=80 with nc=…"
         if anchors is not None:
-            self.yaml["anchors"] = round(anchors) if isinstance(anchors, (int, float)) else anchors
+            self.yaml["anchors"] = (round(anchors) if isinstance(anchors, (int, float))
+                                    else [list(level) for level in anchors])  # yaml-dumpable
         where = str(self.yaml.get("yaml_file") or "<model yaml>")
         parsed = parse_model(self.yaml, ch)
         self.model = nn.Sequential(*(_build_layer(s, where) for s in parsed.layers))
@@ -61,7 +63,7 @@ class DetectionModel(nn.Module):
         """Output strides per detection level, e.g. tensor([8., 16., 32.])."""
         return self.detect.stride
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> DetectOutput:
         """Run the layers; Detect's output is returned (training list or eval tuple)."""
         k = self.no_grad_prefix if torch.is_grad_enabled() else 0
         save = self.save
@@ -77,7 +79,7 @@ class DetectionModel(nn.Module):
             y.append(x if m.i in save else None)
         return x
 
-    def fuse(self) -> "DetectionModel":
+    def fuse(self) -> DetectionModel:
         """Fold every BatchNorm into its conv (inference only; fused convs are frozen)."""
         for m in self.model.modules():
             if isinstance(m, Conv):

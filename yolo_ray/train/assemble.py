@@ -91,7 +91,11 @@ def build_run_model(settings: TrainSettings, hyp: Hyp, nc: int, names: tuple[str
         # AutoAnchor; we keep the yaml's (or checkpoint's) anchors and say so.
         LOGGER.warning(f"hyp 'anchors: {anchors:g}' is ignored: the model's own anchors are used")
     plan = meta.get("prune_plan")
-    model = _build(cfg, nc, plan)
+    # Weight init draws from torch's RNG: fork it and seed from the run seed, so a run is
+    # reproducible without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = _build(cfg, nc, plan)
     model.names = list(names)
     if sd is not None:
         exclude = ("anchor",) if settings.cfg and not resume else ()

@@ -190,6 +190,8 @@ class Trainer:
         s, t0 = self.settings, time.perf_counter()
         freeze_ops.set_train_mode(self.model, self.freeze)
         self.train_loader.dataset.set_epoch(self.epoch)
+        # Shuffle order is a function of (seed, epoch) so a resumed run replays it exactly.
+        self.train_loader.generator.manual_seed(s.seed * 100_003 + self.epoch)
         stats = train_one_epoch(self._epoch_context())
         self.last_opt_step = stats.last_opt_step
         self.epoch += 1

@@ -1,0 +1,346 @@
+"""GAPopulationBasedTraining: Ray Tune's PBT with YOLOv5's fitness-weighted parent and mutation."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining
+
+from ..errors import ConfigError
+from ..evolve.ga import GeneticAlgorithm, trial_seed
+from ..evolve.operators import clip_to_space, mutate, select_parent, top_parents
+from ..evolve.records import TrialRecord
+from ..evolve.space import HypLike, SearchSpace
+from ..evolve.store import EvolutionStore
+from ..train.results import RESULT_KEYS
+from .pbt_state import MemberPlan, PBTState, find_checkpoint, row_trial_id
+
+LOGGER = logging.getLogger("yolo_ray")
+MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
+
+
+class GAPopulationBasedTraining(PopulationBasedTraining):
+    """Synchronous PBT whose exploit/explore is YOLOv5's classic GA (spec §1A).
+
+    Every `perturbation_interval` epochs all members are evaluated (one round). Members in
+    the bottom quantile then load the weights of a parent drawn YOLOv5-style from the top
+    quantile (its best min(n_parents, n) members, w = f − min f + 1e-6, one weighted choice)
+    and train on with the parent's hyps mutated by YOLOv5's gain-weighted multiplicative
+    mutation, clipped to the limits and rounded to 5 decimals. Member m draws at round r from
+    np.random.default_rng([seed, r, m]) only. The trial config holds one key per hyp plus
+    `trial_index` (the member's index); other keys (settings) are constants.
+
+    Args:
+        space: genes (gain, lower, upper); sidecar genes (freeze, prune) are ignored since
+            the model cannot change mid-run.
+        base_hyp: the starting hyps; member 0 starts with them, member m > 0 with a mutation
+            of them (round 0) unless `mutate_initial` is False. Genes already in a trial's
+            config are kept.
+        perturbation_interval: K, in units of `time_attr` (epochs).
+        seed: run seed for every draw.
+        quantile_fraction: PBT's bottom/top share (ceil(n·q), at most n/2 each).
+        n_parents, mp, sigma: YOLOv5's 5, 0.8, 0.2.
+        metric, mode, time_attr: what to maximise and the clock; set them here, not in
+            TuneConfig (Tune refuses both).
+        store: optional EvolutionStore; each member's evaluation at each round becomes one
+            evolve.csv row (written in the driver), and the stored fitness is what ranks.
+        state_path: optional pbt_state.json; written atomically after every round and read
+            back on `Tuner.restore` (Ray does not restore scheduler state).
+    """
+
+    def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
+                 *, seed: int = 0, quantile_fraction: float = 0.25, n_parents: int = 5,
+                 mp: float = 0.8, sigma: float = 0.2, mutate_initial: bool = True,
+                 metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
+                 store: EvolutionStore | None = None, state_path: str | Path | None = None,
+                 log_config: bool = True) -> None:
+        if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
+                perturbation_interval or perturbation_interval < 1:
+            raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
+                              f"got {perturbation_interval!r}")
+        space = space.without(*space.extra_names())
+        self._ga = GeneticAlgorithm(space, base_hyp, seed, n_parents=n_parents, mp=mp,
+                                    sigma=sigma)
+        mutations: dict[str, Any] = {k: tune.uniform(space[k].lower, space[k].upper)
+                                     for k in self._ga.hyp_keys
+                                     if k in space and space[k].gain > 0}
+        super().__init__(time_attr=time_attr, metric=metric, mode=mode,
+                         perturbation_interval=int(perturbation_interval),
+                         hyperparam_mutations=mutations,
+                         custom_explore_fn=None if mutations else _unchanged,
+                         quantile_fraction=quantile_fraction, resample_probability=0.0,
+                         log_config=log_config, require_attrs=True, synch=True)
+        self._space, self._seed, self._interval = space, seed, int(perturbation_interval)
+        self._mutate_initial = mutate_initial
+        self._store = store
+        self._state_path = Path(state_path) if state_path is not None else None
+        self._state = PBTState(seed=seed, interval=self._interval)
+        self._loaded = False
+        self._resume_pending = False
+        self._rngs: dict[Trial, np.random.Generator] = {}
+        self._sources: dict[int, int] = {}   # member -> parent member, during one sync
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def genes(self) -> tuple[str, ...]:
+        """The hyp keys every trial config carries (evolve.csv hyp columns)."""
+        return self._ga.hyp_keys
+
+    @property
+    def state(self) -> PBTState:
+        """The live resumable state (round, member plans, rows)."""
+        return self._state
+
+    def initial_genes(self, member: int) -> dict[str, float]:
+        """Member `member`'s round-0 hyps: the base for 0, else a mutation of the base."""
+        base = {k: float(self._ga.base[k]) for k in self.genes}
+        if member == 0 or not self._mutate_initial:
+            return base
+        rng = np.random.default_rng([self._seed, 0, member])
+        child = mutate(np.array(list(base.values())), self._ga.gains, rng,
+                       self._ga.mp, self._ga.sigma).child
+        return {k: float(v) for k, v in clip_to_space(dict(zip(self.genes, child.tolist())),
+                                                        self._space).items()}
+
+    def debug_string(self) -> str:
+        return (f"GAPopulationBasedTraining: round {self._state.round}, "
+                f"{self._num_checkpoints} checkpoints, {self._num_perturbations} perturbs")
+
+    # ------------------------------------------------------------------ trial lifecycle
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._load_state_once()
+        member = self._member(trial)
+        plan = self._state.members.get(member)
+        if plan is None:
+            for key, value in self.initial_genes(member).items():
+                trial.config.setdefault(key, value)
+            self._state.members[member] = MemberPlan(
+                trial.trial_id, {k: float(trial.config[k]) for k in self.genes}, member)
+            self._save_state()
+        elif plan.trial_id != trial.trial_id:
+            raise ConfigError(f"{self._state_path}: member {member} belongs to trial "
+                              f"{plan.trial_id}, not {trial.trial_id}: the state file is "
+                              "from another experiment")
+        else:
+            self._resume_pending = True  # Tuner.restore: re-apply the saved round
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        result = self._record_row(trial, result)
+        before = self._next_perturbation_sync
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self._next_perturbation_sync != before:  # every member reported: a round ended
+            self._finish_round(tune_controller)
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        if result:
+            self._record_row(trial, result)
+            self._save_state()
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        if self._resume_pending:
+            self._resume_pending = False
+            self._apply_saved_round(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+    # ------------------------------------------------------------------ exploit / explore
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
+                               upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        if trial not in lower_quantile or not upper_quantile:
+            return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile,
+                                                  lower_quantile)
+        # Ray's exploit picks random.choice(upper); a one-element list makes it our parent.
+        parent = self.choose_parent(trial, upper_quantile)
+        return super()._checkpoint_or_exploit(trial, tune_controller, [parent], lower_quantile)
+
+    def choose_parent(self, trial: Trial, candidates: list[Trial]) -> Trial:
+        """YOLOv5's 'single' parent among the best min(n_parents, n) candidates."""
+        rng = np.random.default_rng([self._seed, self._state.round + 1, self._member(trial)])
+        scores = np.array([self._score(t) for t in candidates])
+        top = top_parents(scores, self._ga.n_parents)
+        top = top[np.isfinite(scores[top])] if np.isfinite(scores[top]).any() else top[:1]
+        values = np.array([[float(candidates[i].config[k]) for k in self.genes] for i in top])
+        _, used = select_parent(values, np.nan_to_num(scores[top]), "single", rng)
+        self._rngs[trial] = rng  # explore continues this member's stream
+        return candidates[int(top[used[0]])]
+
+    def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
+        member = self._member(trial)
+        rng = self._rngs.pop(trial, None)
+        if rng is None:
+            rng = np.random.default_rng([self._seed, self._state.round + 1, member])
+        parent = np.array([float(trial_to_clone.config[k]) for k in self.genes])
+        m = mutate(parent, self._ga.gains, rng, self._ga.mp, self._ga.sigma)
+        child = clip_to_space(dict(zip(self.genes, m.child.tolist())), self._space)
+        # Identity and constants stay the member's own; only the genes come from the parent.
+        new_config = copy.deepcopy(trial.config)
+        new_config.update({k: float(v) for k, v in child.items()})
+        ops = {k: f"x{v:.4g}" for k, v in zip(self.genes, m.multipliers)
+               if k in self._hyperparam_mutations and child[k] != trial_to_clone.config[k]}
+        return new_config, ops
+
+    def _exploit(self, tune_controller: Any, trial: Trial, trial_to_clone: Trial) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        self._sources[self._member(trial)] = self._member(trial_to_clone)
+
+    def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
+        # Ray's version sorts by score only, in trial-add order, which a restore reshuffles:
+        # ties are broken by member index so a resumed run ranks exactly as the first one.
+        trials = [t for t, s in self._trial_state.items()
+                  if s.last_score is not None and not math.isnan(s.last_score)
+                  and not t.is_finished()]
+        trials.sort(key=lambda t: (self._trial_state[t].last_score, -self._member(t)))
+        if len(trials) <= 1:
+            return [], []
+        n = int(math.ceil(len(trials) * self._quantile_fraction))
+        n = min(n, len(trials) // 2)
+        return trials[:n], trials[len(trials) - n:]
+
+    # ------------------------------------------------------------------ rows and rounds
+    def _record_row(self, trial: Trial, result: dict) -> dict:
+        """Write the member's row at a round boundary; rank by the stored (csv) fitness."""
+        epoch = result.get(self._time_attr)
+        if epoch is None or self._metric not in result:
+            return result
+        epoch = int(epoch)
+        if epoch < self._interval or epoch % self._interval:
+            return result
+        round_index = epoch // self._interval - 1
+        member = self._member(trial)
+        score = float(result[self._metric])
+        if self._store is not None and all(k in result for k in RESULT_KEYS):
+            row = self._store.append(self._row_record(trial, member, round_index, result))
+            if row is not None:
+                self._state.rows[row_trial_id(trial.trial_id, member, round_index)] = row
+                # The csv keeps 5 significant digits; ranking by it makes a resumed run
+                # (which may re-evaluate a round already in the csv) decide identically.
+                score = self._store.rows()[row].fitness
+        if not math.isfinite(score):  # a diverged member ranks last instead of vanishing
+            score = -math.inf if self._metric_op > 0 else math.inf
+        return {**result, self._metric: score}
+
+    def _row_record(self, trial: Trial, member: int, round_index: int,
+                    result: Mapping[str, Any]) -> TrialRecord:
+        plan = self._state.members.get(member)
+        parent = plan.parent_row if plan is not None and round_index == self._state.round \
+            else None
+        return TrialRecord(
+            row_trial_id(trial.trial_id, member, round_index), "finished",
+            {k: float(trial.config[k]) for k in self.genes},
+            [float(result[k]) for k in RESULT_KEYS], strategy="pbt", generation=round_index,
+            parent_rows=() if parent is None else (parent,),
+            seed=trial_seed(self._seed, member), node=result.get("node"),
+            device=result.get("device"), start=result.get("round_start"),
+            end=result.get("round_end"), cloned=bool(plan and plan.cloned
+                                                     and round_index == self._state.round))
+
+    def _finish_round(self, tune_controller: Any) -> None:
+        """All members were ranked and the weak ones cloned: save how round r+1 starts."""
+        done = self._state.round
+        by_member = {self._member(t): t for t in tune_controller.get_trials()}
+        plans: dict[int, MemberPlan] = {}
+        for member, trial in sorted(by_member.items()):
+            if trial.is_finished():
+                continue
+            source = self._sources.pop(member, member)
+            key = row_trial_id(by_member[source].trial_id, source, done)
+            plans[member] = MemberPlan(trial.trial_id,
+                                       {k: float(trial.config[k]) for k in self.genes},
+                                       source, source != member, self._state.rows.get(key))
+        self._sources.clear()
+        self._state.previous, self._state.members = self._state.members, plans
+        self._state.round = done + 1
+        self._state.perturbations = self._num_perturbations
+        self._save_state()
+        LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
+                    f"{len(plans)} members cloned a parent")
+
+    # ------------------------------------------------------------------ persistence
+    def _member(self, trial: Trial) -> int:
+        member = trial.config.get(MEMBER_KEY)
+        if member is None:  # a user Tuner without member ids: number trials as they come
+            taken = {p for p in self._state.members}
+            member = next(i for i in range(len(taken) + 1) if i not in taken)
+            trial.config[MEMBER_KEY] = member
+        return int(member)
+
+    def _score(self, trial: Trial) -> float:
+        score = self._trial_state[trial].last_score
+        return -math.inf if score is None or math.isnan(score) else float(score)
+
+    def _save_state(self) -> None:
+        if self._state_path is not None:
+            self._state.save(self._state_path)
+
+    def _load_state_once(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self._state_path is None or not self._state_path.is_file():
+            return
+        state = PBTState.load(self._state_path)
+        if (state.seed, state.interval) != (self._seed, self._interval):
+            raise ConfigError(f"{self._state_path}: saved with seed {state.seed} and interval "
+                              f"{state.interval}, this scheduler has {self._seed} and "
+                              f"{self._interval}")
+        self._state = state
+        LOGGER.info(f"PBT state restored from {self._state_path}: round {state.round}")
+
+    def _apply_saved_round(self, tune_controller: Any) -> None:
+        """After Tuner.restore: every unfinished member restarts the saved round's start.
+
+        Ray restores each trial from its own last snapshot, which may predate the last
+        exploit; the saved plan (genes + the source's checkpoint at the round's first epoch)
+        is authoritative. Without all those checkpoints (killed right after a round ended)
+        the previous round is replayed: its draws and stored fitness are the same, so it
+        makes the same decisions, and its rows are not written twice.
+        """
+        trials = {self._member(t): t for t in tune_controller.get_trials()}
+        live = {m: t for m, t in trials.items() if not t.is_finished()}
+        for round_index, plans in ((self._state.round, self._state.members),
+                                   (self._state.round - 1, self._state.previous)):
+            found = self._checkpoints_for(round_index, plans, live, trials)
+            if found is not None:
+                break
+        else:
+            raise ConfigError(f"{self._state_path}: cannot resume: the checkpoints of round "
+                              f"{self._state.round} are missing (deleted by num_to_keep?)")
+        start = round_index * self._interval
+        for member, trial in live.items():
+            trial.set_config({**trial.config, **plans[member].config})
+            trial.run_metadata.checkpoint_manager._latest_checkpoint_result = found[member]
+            state = self._trial_state[trial]
+            state.last_perturbation_time = state.last_train_time = start
+            state.last_score = None
+        if plans is self._state.previous:
+            self._state.members = self._state.previous
+        self._state.round = round_index
+        self._next_perturbation_sync = start + self._interval
+        LOGGER.info(f"PBT resumes at round {round_index} (epoch {start}) with "
+                    f"{len(live)} unfinished members")
+
+    def _checkpoints_for(self, round_index: int, plans: Mapping[int, MemberPlan],
+                         live: Mapping[int, Trial], trials: Mapping[int, Trial]
+                         ) -> dict[int, Any] | None:
+        if round_index < 0 or any(m not in plans for m in live):
+            return None
+        if round_index == 0:
+            return {m: None for m in live}
+        epoch = round_index * self._interval
+        found = {m: find_checkpoint(trials[plans[m].source], plans[m].source, epoch)
+                 for m in live}
+        return found if all(v is not None for v in found.values()) else None
+
+
+def _unchanged(config: dict) -> dict:
+    """Explore for a space whose gains are all 0: PBT then only exploits."""
+    return config
