@@ -113,6 +113,7 @@ def test_apply_errors(model):
     param_layers = [i for i, m in enumerate(model.model) if any(True for _ in m.parameters())]
     with pytest.raises(ConfigError, match="nothing left to train"):
         apply_freeze(model, param_layers)
+    assert all(p.requires_grad for p in model.parameters())  # untouched on error
 
 
 @pytest.mark.parametrize("n", [10, 24])

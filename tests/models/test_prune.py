@@ -11,7 +11,7 @@ from torch import nn
 
 from yolo_ray.errors import ConfigError
 from yolo_ray.models.freeze import apply_freeze
-from yolo_ray.models.prune import (ChannelPlan, MaskKeeper, apply_channel_plan, apply_masks,
+from yolo_ray.models.prune import (ChannelPlan, apply_channel_plan, apply_masks, conv_gflops,
                                    plan_channel_prune, plan_unstructured, prune_model,
                                    rebuild_from_plan, sparsity_report)
 from yolo_ray.models.yolo import build_model
@@ -216,7 +216,9 @@ def test_channel_plan_errors(base_model):
 def test_channel_prune_l1_importance_and_freeze(base_model):
     r = prune_model(base_model, 0.5, "channel", importance="l1", imgsz=None)
     model = r.model
+    flops = conv_gflops(model, 128)
     apply_freeze(model, range(10))
+    assert conv_gflops(model, 128) == pytest.approx(flops)  # folded frozen convs still counted
     model.train()
     sum(o.pow(2).mean() for o in model(_x(3))).backward()
     assert model.model[0].conv.weight.grad is None

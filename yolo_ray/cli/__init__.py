@@ -38,7 +38,8 @@ def args_for(name: str):
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
-    from . import cluster_cmds, evolve_cmds, train_cmds  # noqa: F401  (registers the subcommands)
+    from . import (cluster_cmds, evolve_cmds, prune_cmds,  # noqa: F401  (register commands)
+                   train_cmds)
 
     parser = argparse.ArgumentParser(prog="yolo-ray", description=__doc__)
     parser.add_argument("--version", action="version", version=f"yolo-ray {__version__}")

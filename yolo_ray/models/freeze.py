@@ -282,13 +282,13 @@ def apply_freeze(model: nn.Module, indices: Iterable[int], bn_stats_fixed: bool 
     if bad:
         raise ConfigError(f"--freeze: layer indices {bad} are outside the model's 0..{len(layers) - 1}")
     frozen = set(select_frozen(model, idx))
-    n_train = n_frozen = 0
-    for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen)
-        n_frozen += p.numel() if name in frozen else 0
-        n_train += 0 if name in frozen else p.numel()
-    if n_train == 0:
+    params = list(model.named_parameters())
+    n_frozen = sum(p.numel() for n, p in params if n in frozen)
+    n_train = sum(p.numel() for n, p in params if n not in frozen)
+    if n_train == 0:  # checked before touching the model
         raise ConfigError(f"--freeze {list(idx)}: every parameter would be frozen; nothing left to train")
+    for name, p in params:
+        p.requires_grad_(name not in frozen)
     _reset(layers)
     n_fused = sum(_fix_layer(layers[i], fuse=True) for i in idx) if bn_stats_fixed else 0
     k = _first_trainable_layer(layers) if idx else 0

@@ -1,0 +1,373 @@
+"""GAPopulationBasedTraining with a mock Tune controller and fake trials (no training, no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.tune")
+
+from ray.tune.experiment import Trial  # noqa: E402
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
+
+from yolo_ray.cluster.pbt_state import (CKPT_META, STATE_NAME, PBTState,  # noqa: E402
+                                        check_resumable, hyp_schedule, lineage)
+from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining  # noqa: E402
+from yolo_ray.config.load import load_hyp  # noqa: E402
+from yolo_ray.errors import ConfigError  # noqa: E402
+from yolo_ray.evolve.space import Gene, SearchSpace, load_search_space  # noqa: E402
+from yolo_ray.evolve.store import EvolutionStore  # noqa: E402
+from yolo_ray.train.results import RESULT_KEYS  # noqa: E402
+
+K = 2  # epochs per round in these tests
+
+
+# ----------------------------------------------------------------------------- fakes
+class FakeCheckpoint:
+    """Stands in for ray.tune.Checkpoint: a path, truthy."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"FakeCheckpoint({self.path})"
+
+
+class FakeTrial:
+    """The attributes of ray.tune.experiment.Trial that PBT touches."""
+
+    def __init__(self, index: int, config: dict[str, Any], root: Path) -> None:
+        self.trial_id = f"fake_{index:05d}"
+        self.config = dict(config)
+        self.evaluated_params: dict[str, Any] = {}
+        self.experiment_tag = str(index)
+        self.status = Trial.RUNNING
+        self.last_result: dict[str, Any] = {}
+        self.temporary_state = SimpleNamespace(saving_to=None)
+        manager = SimpleNamespace(checkpoint_config=SimpleNamespace(num_to_keep=4),
+                                  _latest_checkpoint_result=None)
+        self.run_metadata = SimpleNamespace(checkpoint_manager=manager)
+        self.local_experiment_path = self.local_dir = str(root)
+        import pyarrow.fs as pafs
+
+        self.storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
+                                       trial_fs_path=str(root / self.trial_id))
+
+    @property
+    def checkpoint(self) -> Any:
+        latest = self.run_metadata.checkpoint_manager._latest_checkpoint_result
+        return latest.checkpoint if latest else None
+
+    def is_finished(self) -> bool:
+        return self.status in (Trial.TERMINATED, Trial.ERROR)
+
+    def set_experiment_tag(self, tag: str) -> None:
+        self.experiment_tag = tag
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        return self.trial_id
+
+
+class FakeController:
+    """The TuneController methods PBT calls; records saves and pauses."""
+
+    search_alg = None
+
+    def __init__(self, trials: list[FakeTrial]) -> None:
+        self.trials = trials
+        self.saved: list[str] = []
+        self.paused: list[str] = []
+
+    def get_trials(self) -> list[FakeTrial]:
+        return self.trials
+
+    def get_live_trials(self) -> list[FakeTrial]:
+        return [t for t in self.trials if not t.is_finished()]
+
+    def _schedule_trial_save(self, trial: FakeTrial, result: dict | None = None) -> Any:
+        self.saved.append(trial.trial_id)
+        return FakeCheckpoint(f"{trial.trial_id}/epoch{result['epoch'] if result else '?'}")
+
+    def pause_trial(self, trial: FakeTrial, should_checkpoint: bool = True) -> None:
+        self.paused.append(trial.trial_id)
+        trial.status = Trial.PAUSED
+
+
+def result(epoch: int, fit: float) -> dict[str, Any]:
+    """A Tune result whose fitness (0.1·mAP50 + 0.9·mAP50-95) equals `fit`."""
+    values = dict(zip(RESULT_KEYS, (0.5, 0.5, fit, fit, 0.05, 0.05, 0.01)))
+    return {"epoch": epoch, "fitness": fit, **values}
+
+
+@pytest.fixture
+def space() -> SearchSpace:
+    return load_search_space().without("anchors")
+
+
+@pytest.fixture
+def hyp():
+    return load_hyp(None)
+
+
+def make_scheduler(space: SearchSpace, hyp: Any, tmp_path: Path, **kw: Any
+                   ) -> GAPopulationBasedTraining:
+    kw.setdefault("log_config", False)
+    return GAPopulationBasedTraining(space, hyp, K, seed=kw.pop("seed", 0), **kw)
+
+
+def add_population(sched: GAPopulationBasedTraining, n: int, root: Path
+                   ) -> tuple[FakeController, list[FakeTrial]]:
+    trials = [FakeTrial(i, {MEMBER_KEY: i, "settings": {"epochs": 3 * K}}, root) for i in range(n)]
+    controller = FakeController(trials)
+    for t in trials:
+        sched.on_trial_add(controller, t)
+    return controller, trials
+
+
+def run_round(sched: GAPopulationBasedTraining, controller: FakeController,
+              trials: list[FakeTrial], epoch: int, fits: list[float]) -> list[str]:
+    """Every trial reports `epoch`; returns the decisions (the controller pauses on PAUSE)."""
+    decisions = []
+    for t, f in zip(trials, fits):
+        res = result(epoch, f)
+        for e in range(epoch - K + 1, epoch):  # epochs inside the round: PBT must ignore them
+            assert sched.on_trial_result(controller, t, result(e, 0.0)) == TrialScheduler.CONTINUE
+        d = sched.on_trial_result(controller, t, res)
+        t.last_result = res
+        if d == TrialScheduler.PAUSE and t.status == Trial.RUNNING:
+            t.run_metadata.checkpoint_manager._latest_checkpoint_result = SimpleNamespace(
+                checkpoint=FakeCheckpoint(f"{t.trial_id}/epoch{epoch}"), metrics=res)
+            t.status = Trial.PAUSED
+        decisions.append(d)
+    for t in trials:  # the controller starts everyone on the next round
+        t.status = Trial.RUNNING
+    return decisions
+
+
+def genes_of(trial: FakeTrial, sched: GAPopulationBasedTraining) -> dict[str, float]:
+    return {k: trial.config[k] for k in sched.genes}
+
+
+# ----------------------------------------------------------------------------- exploit
+def test_bottom_quantile_clones_a_top_member(space, hyp, tmp_path):
+    store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))
+    sched = make_scheduler(space, hyp, tmp_path, store=store, state_path=tmp_path / STATE_NAME)
+    controller, trials = add_population(sched, 4, tmp_path)
+    before = {t.trial_id: genes_of(t, sched) for t in trials}
+    assert before[trials[0].trial_id] == {k: float(hyp[k]) for k in sched.genes}
+    fits = [0.4, 0.1, 0.3, 0.2]   # member 1 is the worst, member 0 the best (q = 0.25: 1 each)
+
+    decisions = run_round(sched, controller, trials, K, fits)
+
+    assert decisions[:3] == [TrialScheduler.PAUSE] * 3   # synchronous: wait for everyone
+    weak, best = trials[1], trials[0]
+    assert controller.paused == []          # everyone paused at the sync point already
+    pointer = weak.run_metadata.checkpoint_manager._latest_checkpoint_result
+    assert pointer.checkpoint.path == f"{best.trial_id}/epoch{K}"
+    assert weak.config[MEMBER_KEY] == 1                  # identity is not copied
+    new = genes_of(weak, sched)
+    assert new != before[best.trial_id] and new != before[weak.trial_id]
+    changed = [k for k in new if new[k] != before[best.trial_id][k]]
+    for k in changed:                                    # mutated from the parent's values
+        ratio = new[k] / before[best.trial_id][k]
+        assert 0.3 - 1e-9 <= ratio <= 3.0 + 1e-9 or new[k] in (space[k].lower, space[k].upper)
+    for t in (trials[0], trials[2], trials[3]):
+        assert genes_of(t, sched) == before[t.trial_id]
+    state = sched.state
+    assert state.round == 1 and state.members[1].source == 0 and state.members[1].cloned
+    assert state.members[1].parent_row == state.rows[f"{best.trial_id}-m0-r0"]
+    saved = PBTState.load(tmp_path / STATE_NAME)
+    assert saved.round == 1 and saved.members[1].config == new
+
+    run_round(sched, controller, trials, 2 * K, [0.5, 0.6, 0.2, 0.3])
+    rows = store.rows()
+    assert len(rows) == 8
+    assert [r.meta["generation"] for r in rows] == [0] * 4 + [1] * 4
+    second = {r.meta["trial_id"]: r for r in rows[4:]}
+    r1 = second[f"{weak.trial_id}-m1-r1"]
+    assert r1.meta["cloned"] and r1.meta["parent_rows"] == [state.rows[f"{best.trial_id}-m0-r0"]]
+    assert dict(r1.hyp) == pytest.approx(new, rel=1e-4)  # evolve.csv keeps 5 digits
+    r0 = second[f"{best.trial_id}-m0-r1"]
+    assert not r0.meta["cloned"] and r0.meta["parent_rows"] == [0]
+
+
+def test_mutated_configs_respect_limits(tmp_path):
+    hyp = load_hyp(None)
+    narrow = load_search_space().without("anchors")
+    for name in ("lr0", "momentum", "hsv_s", "box"):
+        g = narrow[name]
+        upper = round(g.lower + 0.1 * (g.upper - g.lower), 5)  # limits with <= 5 decimals
+        narrow = narrow.with_gene(name, Gene(3.0, g.lower, upper))
+    sched = make_scheduler(narrow, hyp, tmp_path)
+    controller, trials = add_population(sched, 2, tmp_path)
+    parent, child = trials
+    for k in ("lr0", "momentum", "hsv_s", "box"):        # start outside the narrow limits
+        parent.config[k] = narrow[k].upper * 5
+    frozen = [k for k in sched.genes if k not in narrow or narrow[k].gain == 0]
+    for r in range(200):
+        sched.state.round = r
+        new, ops = sched._get_new_config(child, parent)
+        assert new[MEMBER_KEY] == 1 and new["settings"] == child.config["settings"]
+        for k in sched.genes:
+            v = new[k]
+            if k in narrow:
+                assert narrow[k].lower <= v <= narrow[k].upper, (k, v)
+                assert v == round(v, 5)
+            if k in frozen:
+                assert v == parent.config[k]
+        assert set(ops) <= set(sched.genes)
+
+
+def test_parent_distribution_follows_fitness_weights(space, hyp, tmp_path):
+    sched = make_scheduler(space, hyp, tmp_path, seed=3)
+    controller, trials = add_population(sched, 8, tmp_path)
+    fits = [0.1, 0.2, 0.3, 0.5, 0.9, 0.05, 0.01, 0.02]    # top 5 = members 4, 3, 2, 1, 0
+    for t, f in zip(trials, fits):
+        sched._trial_state[t].last_score = f
+    n = 6000
+    counts = np.zeros(len(trials))
+    for i in range(n):
+        sched.state.round = i  # a fresh generator per (round, member), as in a real run
+        counts[trials.index(sched.choose_parent(trials[5], trials))] += 1
+    top = np.array(fits[:5])
+    w = top - top.min() + 1e-6
+    expected = w / w.sum()
+    freq = counts[:5] / n
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(freq - expected) <= 4 * sigma + 1e-9), (freq, expected)
+    assert counts[5:].sum() == 0            # outside the top 5: never a parent
+    assert counts[0] <= 2                   # the weakest of the top 5 has ~zero weight
+
+
+def test_same_seed_same_population_different_seed_differs(space, hyp, tmp_path):
+    a = make_scheduler(space, hyp, tmp_path, seed=1)
+    b = make_scheduler(space, hyp, tmp_path, seed=1)
+    c = make_scheduler(space, hyp, tmp_path, seed=2)
+    assert a.initial_genes(0) == c.initial_genes(0) == {k: float(hyp[k]) for k in a.genes}
+    assert [a.initial_genes(m) for m in range(1, 5)] == [b.initial_genes(m) for m in range(1, 5)]
+    assert a.initial_genes(1) != c.initial_genes(1)
+    assert a.initial_genes(1) != a.initial_genes(2)
+
+
+def test_quantile_ties_are_broken_by_member_index(space, hyp, tmp_path):
+    sched = make_scheduler(space, hyp, tmp_path)
+    controller, trials = add_population(sched, 4, tmp_path)
+    for t in reversed(trials):  # add order must not matter (a restore reshuffles it)
+        sched._trial_state[t].last_score = 0.5
+    lower, upper = sched._quantiles()
+    assert lower == [trials[3]] and upper == [trials[0]]
+
+
+# ----------------------------------------------------------------------------- resume
+def write_checkpoint(trial: FakeTrial, index: int, member: int, epoch: int) -> None:
+    folder = Path(trial.storage.trial_fs_path) / f"checkpoint_{index:06d}"
+    folder.mkdir(parents=True)
+    (folder / CKPT_META).write_text(json.dumps({"member": member, "epoch": epoch}))
+
+
+def test_resume_applies_the_saved_round(space, hyp, tmp_path):
+    state_path = tmp_path / STATE_NAME
+    store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))
+    first = make_scheduler(space, hyp, tmp_path, store=store, state_path=state_path)
+    controller, trials = add_population(first, 4, tmp_path)
+    run_round(first, controller, trials, K, [0.4, 0.1, 0.3, 0.2])
+    plan = {m: p.config for m, p in first.state.members.items()}
+    for m, t in enumerate(trials):
+        write_checkpoint(t, 0, m, K)
+        t.config = {MEMBER_KEY: m, "settings": {}, **{k: -1.0 for k in first.genes}}  # stale
+        t.status = Trial.PENDING
+
+    second = make_scheduler(space, hyp, tmp_path, store=store, state_path=state_path)
+    restored = FakeController(list(reversed(trials)))
+    for t in restored.trials:
+        second.on_trial_add(restored, t)
+    assert second.choose_trial_to_run(restored) is not None
+    assert second.state.round == 1
+    for m, t in enumerate(trials):
+        assert genes_of(t, second) == plan[m]
+        source = second.state.members[m].source
+        ckpt = t.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint
+        assert ckpt.path.endswith(f"{trials[source].trial_id}/checkpoint_000000")
+        assert second._trial_state[t].last_perturbation_time == K
+    assert second._next_perturbation_sync == 2 * K
+    # Round 1 replays on the restored scheduler; a row already written is not written again.
+    run_round(second, restored, trials, 2 * K, [0.5, 0.6, 0.2, 0.3])
+    assert len(store.rows()) == 8
+
+
+def test_resume_falls_back_to_the_previous_round(space, hyp, tmp_path):
+    state_path = tmp_path / STATE_NAME
+    first = make_scheduler(space, hyp, tmp_path, state_path=state_path)
+    controller, trials = add_population(first, 2, tmp_path)
+    run_round(first, controller, trials, K, [0.4, 0.1])
+    run_round(first, controller, trials, 2 * K, [0.4, 0.1])
+    for m, t in enumerate(trials):
+        write_checkpoint(t, 0, m, K)   # round 1 start exists; round 2's was never written
+        t.status = Trial.PENDING
+    second = make_scheduler(space, hyp, tmp_path, state_path=state_path)
+    restored = FakeController(trials)
+    for t in trials:
+        second.on_trial_add(restored, t)
+    second.choose_trial_to_run(restored)
+    assert second.state.round == 1
+    assert second._next_perturbation_sync == 2 * K
+
+
+def test_state_from_another_run_is_refused(space, hyp, tmp_path):
+    state_path = tmp_path / STATE_NAME
+    first = make_scheduler(space, hyp, tmp_path, state_path=state_path)
+    add_population(first, 2, tmp_path)
+    with pytest.raises(ConfigError, match="seed"):
+        other = make_scheduler(space, hyp, tmp_path, state_path=state_path, seed=9)
+        add_population(other, 2, tmp_path)
+    foreign = make_scheduler(space, hyp, tmp_path, state_path=state_path)
+    trial = FakeTrial(0, {MEMBER_KEY: 0}, tmp_path)
+    trial.trial_id = "other_00000"
+    with pytest.raises(ConfigError, match="another experiment"):
+        foreign.on_trial_add(FakeController([trial]), trial)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("interval", [0, -1, 1.5])
+def test_interval_must_be_a_positive_whole_number(space, hyp, interval):
+    with pytest.raises(ConfigError, match="interval"):
+        GAPopulationBasedTraining(space, hyp, interval)
+
+
+def test_resume_of_a_classic_run_is_refused(tmp_path):
+    run = tmp_path / "exp"
+    run.mkdir()
+    (run / "evolve_trials.jsonl").write_text(json.dumps(
+        {"row": 0, "trial_id": "a", "strategy": "classic", "status": "finished"}) + "\n")
+    with pytest.raises(ConfigError, match="strategy classic"):
+        check_resumable(run)
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_resumable(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_hyp_schedule_follows_the_clone_lineage(space, hyp, tmp_path):
+    store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))
+    sched = make_scheduler(space, hyp, tmp_path, store=store)
+    controller, trials = add_population(sched, 2, tmp_path)
+    run_round(sched, controller, trials, K, [0.4, 0.1])      # member 1 clones member 0
+    run_round(sched, controller, trials, 2 * K, [0.1, 0.5])  # member 0 clones member 1
+    run_round(sched, controller, trials, 3 * K, [0.2, 0.7])
+    rows = store.rows()
+    best = max(rows[4:], key=lambda r: r.fitness)
+    chain = lineage(rows, best.index)
+    assert [r.meta["generation"] for r in chain] == [0, 1, 2]
+    assert [r.meta["trial_id"].split("-")[1] for r in chain] == ["m0", "m1", "m1"]
+    schedule = hyp_schedule(rows, best.index, K)
+    assert [s["epochs"] for s in schedule] == [[1, 2], [3, 4], [5, 6]]
+    assert schedule[1]["cloned"] and not schedule[2]["cloned"]
+    assert all(math.isfinite(s["fitness"]) for s in schedule)

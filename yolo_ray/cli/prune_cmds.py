@@ -1,0 +1,42 @@
+"""`yolo-ray prune`: the YOLOv5 pruning guide (val, prune, val, fine-tune) in one command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import args_for, command
+
+
+@args_for("prune")
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="checkpoint to prune (left untouched)")
+    p.add_argument("--data", required=True, help="data yaml for validation / fine-tuning")
+    p.add_argument("--amount", type=float, default=0.3, help="fraction to prune, 0 <= a < 1")
+    p.add_argument("--method", default="l1", choices=("l1", "global-l1", "channel"))
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--hyp", default=None, help="hyp yaml for fine-tuning")
+    p.add_argument("--img", dest="imgsz", type=int, default=640)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--project", default="runs/prune")
+    p.add_argument("--name", default="exp")
+
+
+@command("prune", "prune a checkpoint (l1 / global-l1 / channel) and compare before/after")
+def prune_cmd(a: argparse.Namespace) -> int:
+    from ..models.prune import check_prune_args
+    from ..train.assemble import increment_path
+    from ..train.prune_run import PruneRequest, format_prune_table, run_prune
+    from ..train.val_run import ValRequest
+
+    check_prune_args(a.amount, a.method)  # before any work or any file is written
+    out = increment_path(Path(a.project) / a.name, exist_ok=False)
+    val = ValRequest(weights=a.weights, data=a.data, imgsz=a.imgsz, batch_size=a.batch_size * 2,
+                     device=a.device, workers=a.workers)
+    rows = run_prune(PruneRequest(val, a.amount, a.method, out, a.finetune_epochs, a.hyp,
+                                  a.batch_size, a.workers))
+    print(format_prune_table(rows))
+    print(f"Pruned checkpoint: {out / 'pruned.pt'}")
+    return 0
