@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=2, help="timed iterations per config per round")
     p.add_argument("--repeats", type=int, default=5, help="round-robin rounds over the configs")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--omp-wait", default="PASSIVE", choices=("PASSIVE", "ACTIVE"),
+                   help="OMP_WAIT_POLICY for the workers (PASSIVE survives a shared machine)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -129,8 +131,10 @@ def _sub(args: argparse.Namespace, *worker: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", *worker, "--img", str(args.img),
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--iters", str(args.iters),
            "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--configs", *args.configs]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+           "--omp-wait", args.omp_wait, "--configs", *args.configs]
+    # PASSIVE: on a shared machine, spinning OpenMP threads collapse throughput ~10× whenever
+    # another process holds a core; idle threads that sleep cost little when it is quiet.
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": args.omp_wait}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         raise SystemExit(f"worker {worker} failed:\n{out.stderr}")
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     rows = [r for model in args.models for r in run_model(args, model)]
-    print(f"# img {args.img}, batch {args.batch}, {args.threads} threads, warmup {args.warmup}, "
+    print(f"# img {args.img}, batch {args.batch}, {args.threads} threads (OMP_WAIT_POLICY="
+          f"{args.omp_wait}), warmup {args.warmup}, "
           f"{args.repeats} round-robin rounds × {args.iters} iterations per config; "
           f"load average {load0:.2f} → {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
     print(format_table(rows, args.markdown))

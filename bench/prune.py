@@ -104,6 +104,8 @@ def format_table(rows: list[dict], markdown: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    # Sleeping (not spinning) OpenMP workers: a shared machine otherwise slows torch ~10×.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from yolo_ray.config.load import load_data_config
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         for amount in args.amounts:
             pruned = prune_model(model, amount, method, imgsz=None).model.eval()
             rows.append({**measure(pruned, method, args, loader), "amount": amount})
-    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, {args.threads} threads, no "
+    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, {args.threads} threads "
+          f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), no "
           f"fine-tuning; load average {load0:.2f} → {os.getloadavg()[0]:.2f}; "
           f"{time.perf_counter() - t0:.0f} s")
     print(format_table(rows, args.markdown))

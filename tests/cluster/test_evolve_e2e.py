@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -16,8 +15,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from yolo_ray.cli import main  # noqa: E402
-from yolo_ray.evolve.files import read_evolve_csv  # noqa: E402
+from yolo_ray.cli import main
+from yolo_ray.evolve.files import read_evolve_csv
 
 pytestmark = pytest.mark.ray
 TINY = ["--img", "64", "--batch-size", "8", "--workers", "0"]
@@ -44,7 +43,7 @@ def evolved(ray_fake_gpus, tmp_path_factory, synthetic_data) -> Path:
     rc = main(["evolve", "--data", str(synthetic_data), "--cfg", str(cfg), *TINY,
                "--epochs", "1", "--generations", str(GENERATIONS), "--gpus-per-trial", "1",
                "--device", "cpu", "--evolve-freeze", "1", "6", "--project", str(tmp),
-               "--name", "run"])
+               "--name", "run", "--storage", str(tmp / "shared")])
     assert rc == 0
     return tmp / "run"
 
@@ -76,10 +75,13 @@ def test_hyp_evolve_yaml_is_the_argmax_row(evolved: Path) -> None:
     assert f"# Last generation: {GENERATIONS - 1}" in evolve_text
 
 
-def test_plot_and_run_file(evolved: Path) -> None:
+def test_plot_run_file_and_shared_storage(evolved: Path) -> None:
     assert (evolved / "evolve.png").stat().st_size > 10_000
     assert (evolved / "evolve_run.yaml").is_file()
-    assert (evolved / "ray" / "tuner.pkl").is_file()
+    shared = evolved.parent / "shared" / "run"  # --storage: Tune state + a copy of the results
+    assert (shared / "tuner.pkl").is_file()
+    assert (shared / "evolve.csv").read_bytes() == (evolved / "evolve.csv").read_bytes()
+    assert (shared / "tensorboard" / "population").is_dir()
 
 
 def test_tensorboard_tags(evolved: Path) -> None:
@@ -107,15 +109,14 @@ def test_plot_evolve_command_redraws(evolved: Path) -> None:
 
 # ------------------------------------------------------------------ slow
 def _evolve_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from yolo_ray.cli import main; "
-            "sys.exit(main(sys.argv[1:]))", "evolve", *args]
+    return [sys.executable, "-c", ("import sys; from yolo_ray.cli import main; "
+            "sys.exit(main(sys.argv[1:]))"), "evolve", *args]
 
 
 def _rows(csv: Path) -> int:
     return max(0, len(csv.read_text().splitlines()) - 1) if csv.exists() else 0
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_exactly_g_rows(tmp_path: Path, synthetic_data,
                                                        tiny_model_yaml) -> None:
     g, run = 6, tmp_path / "run"
@@ -136,7 +137,8 @@ def test_resume_after_sigkill_ends_with_exactly_g_rows(tmp_path: Path, synthetic
     assert _rows(run / "evolve.csv") < g
 
     done = subprocess.run(_evolve_cmd("--resume", "run", "--project", str(tmp_path)),
-                          env=env, capture_output=True, text=True, timeout=420)
+                          env=env, capture_output=True, text=True, timeout=420,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     after = (run / "evolve.csv").read_bytes()
     assert after.startswith(before)  # pre-kill rows byte-identical
@@ -156,7 +158,8 @@ def test_failed_trials_are_retried_then_recorded_with_reason(ray_fake_gpus, tmp_
                "--project", str(tmp_path), "--name", "fail"])
     entries = sidecar(tmp_path / "fail")
     assert rc == 1  # incomplete: no row could be made
-    assert len(entries) == 3 and {e["status"] for e in entries} == {"failed"}
+    # max(3, G) failures stop the search; a trial already running may add one more.
+    assert len(entries) >= 3 and {e["status"] for e in entries} == {"failed"}
     assert all(e["row"] is None and "WeightsError" in e["reason"] for e in entries)
     assert not (tmp_path / "fail" / "evolve.csv").exists()
 
@@ -173,6 +176,6 @@ def test_asha_early_stopped_rows(ray_fake_gpus, tmp_path: Path, synthetic_data,
     assert [e["row"] for e in entries] == list(range(6))
     statuses = [e["status"] for e in entries]
     assert set(statuses) <= {"finished", "early-stopped"} and "early-stopped" in statuses
-    best = yaml.safe_load((tmp_path / "asha" / "hyp_evolve.yaml").read_text().split("\n\n")[0]
-                          .replace("# ", ""))
-    assert best is not None
+    header = (tmp_path / "asha" / "hyp_evolve.yaml").read_text().splitlines()
+    best = int(next(x for x in header if x.startswith("# Best generation:")).split(":")[1])
+    assert statuses[best] == "finished"  # an early-stopped row is never the best

@@ -371,3 +371,27 @@ def test_hyp_schedule_follows_the_clone_lineage(space, hyp, tmp_path):
     assert [s["epochs"] for s in schedule] == [[1, 2], [3, 4], [5, 6]]
     assert schedule[1]["cloned"] and not schedule[2]["cloned"]
     assert all(math.isfinite(s["fitness"]) for s in schedule)
+
+
+def test_a_row_orphaned_by_a_kill_is_adopted_not_duplicated(space, hyp, tmp_path):
+    from yolo_ray.evolve.records import format_row
+
+    run = tmp_path / "run"
+    store = EvolutionStore(run, tuple(hyp.keys()))
+    sched = make_scheduler(space, hyp, tmp_path, store=store)
+    controller, trials = add_population(sched, 2, tmp_path)
+    run_round(sched, controller, trials, K, [0.4, 0.1])
+    # The driver died between the csv line and the sidecar line of member 0's round-1 row.
+    res = result(2 * K, 0.3)
+    line = format_row([res[k] for k in RESULT_KEYS] + [trials[0].config[k] for k in store.hyp_keys])
+    with open(store.csv_path, "a") as f:
+        f.write(line)
+    store.close()
+    reopened = EvolutionStore(run, tuple(hyp.keys()))   # labels row 2 'recovered'
+    assert reopened.rows()[2].meta["trial_id"] is None
+    sched._store = reopened
+    run_round(sched, controller, trials, 2 * K, [0.3, 0.2])
+    rows = reopened.rows()
+    assert len(rows) == 4
+    assert sched.state.rows[f"{trials[0].trial_id}-m0-r1"] == 2
+    assert rows[3].meta["trial_id"] == f"{trials[1].trial_id}-m1-r1"

@@ -10,17 +10,19 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from ray.tune.search import ConcurrencyLimiter, Searcher  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from yolo_ray.cluster.callbacks import (  # noqa: E402
-    FailureReasonCallback, TensorBoardCallback, failure_reason,
+from yolo_ray.cluster.callbacks import (
+    FailureReasonCallback,
+    TensorBoardCallback,
+    failure_reason,
 )
-from yolo_ray.cluster.progress import ProgressCallback, eta_seconds, format_duration  # noqa: E402
-from yolo_ray.cluster.searcher import EvolveSearcher  # noqa: E402
-from yolo_ray.config.load import load_hyp  # noqa: E402
-from yolo_ray.evolve.ga import GeneticAlgorithm  # noqa: E402
-from yolo_ray.evolve.space import load_search_space, with_freeze_gene  # noqa: E402
-from yolo_ray.train.results import RESULT_KEYS  # noqa: E402
+from yolo_ray.cluster.progress import ProgressCallback, eta_seconds, format_duration
+from yolo_ray.cluster.searcher import EvolveSearcher
+from yolo_ray.config.load import load_hyp
+from yolo_ray.evolve.ga import GeneticAlgorithm
+from yolo_ray.evolve.space import load_search_space, with_freeze_gene
+from yolo_ray.train.results import RESULT_KEYS
 
 
 class Clock:

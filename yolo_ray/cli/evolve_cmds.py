@@ -97,6 +97,11 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def _storage(storage: str | None) -> str | None:
+    """URIs (s3://, gs://) stay; a local or shared-mount path becomes absolute."""
+    return storage if storage is None or "://" in storage else _abs(storage)
+
+
 def _model(cfg: str | None, weights: str | None) -> str | None:
     """A cfg file becomes absolute; a short name (yolov5n) stays; default yolov5n."""
     if cfg and Path(cfg).is_file():
@@ -123,7 +128,7 @@ def request_from_args(a: argparse.Namespace):
         evolve_freeze=tuple(a.evolve_freeze) if a.evolve_freeze else None,
         evolve_prune=tuple(a.evolve_prune) if a.evolve_prune else None,
         gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial,
-        max_concurrent=a.max_concurrent, address=a.address, storage=a.storage,
+        max_concurrent=a.max_concurrent, address=a.address, storage=_storage(a.storage),
         max_failures=a.max_failures, early_stop=a.early_stop, seed_csv=_abs(a.seed_csv),
         device_policy=a.device_policy, tensorboard=a.tensorboard, verbose=a.verbose,
     )
@@ -164,7 +169,7 @@ def _print_summary(s) -> None:
     LOGGER.info(f"evolve: {s.rows} rows ({s.trials} trials, {s.failed} failed, "
                 f"{s.early_stopped} early-stopped) in {s.wall_s:.0f} s; best fitness {best}")
     for path in (s.evolve_csv, s.hyp_yaml, s.plot):
-        if path is not None:
+        if path is not None and path.exists():
             LOGGER.info(f"  {path}")
     if s.tb_dir is not None:
         LOGGER.info(f"evolve: view with: tensorboard --logdir {s.run_dir}")

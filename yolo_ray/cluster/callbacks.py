@@ -43,7 +43,8 @@ class FailureReasonCallback(Callback):
     def __init__(self, searcher: EvolveSearcher) -> None:
         self.searcher = searcher
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         self.searcher.defer_failures = True
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -7,16 +7,22 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..config.load import load_data_config, resolve_model_cfg
 from ..config.schema import Hyp
 from ..errors import ConfigError
 from ..evolve.files import read_evolve_csv
 from ..evolve.ga import GeneticAlgorithm
-from ..evolve.space import SearchSpace, load_search_space, with_freeze_gene, with_prune_gene
+from ..evolve.space import (
+    SearchSpace,
+    load_search_space,
+    with_freeze_gene,
+    with_prune_gene,
+)
 from ..evolve.store import EvolutionStore
 from .request import EvolveRequest, EvolveSummary
 from .rundir import load_run_file, save_run_file
@@ -52,14 +58,15 @@ def base_extras(request: EvolveRequest) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     if request.evolve_freeze is not None:
-        lo, hi = request.evolve_freeze
+        f_lo, f_hi = request.evolve_freeze
         first = request.freeze[0] if request.freeze else 0
-        start = first if isinstance(first, int) and lo <= first <= hi and first > 0 else None
-        out["freeze"] = float(start if start is not None else max(1, round((lo + hi) / 2)))
+        start = first if isinstance(first, int) and f_lo <= first <= f_hi and first > 0 else None
+        mid = min(f_hi, max(1, round((f_lo + f_hi) / 2)))
+        out["freeze"] = float(start if start is not None else mid)
     if request.evolve_prune is not None:
-        lo, hi = request.evolve_prune
+        p_lo, p_hi = request.evolve_prune
         amount = request.prune_amount
-        out["prune"] = float(amount if lo <= amount <= hi and amount > 0 else (lo + hi) / 2)
+        out["prune"] = float(amount if p_lo <= amount <= p_hi and amount > 0 else (p_lo + p_hi) / 2)
     return out
 
 
@@ -150,9 +157,9 @@ def resolve_resources(request: EvolveRequest, cluster: dict[str, float]) -> Evol
     gpus = request.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if total_gpus >= 1 else 0.0
-    cpu_slots = lambda c: max(1, total_cpus // max(1, c))  # noqa: E731
+    cpu_slots = lambda c: max(1, total_cpus // max(1, c))
     if gpus > 0:
-        gpu_slots = max(1, int(math.floor(total_gpus / gpus + 1e-9)))
+        gpu_slots = max(1, math.floor(total_gpus / gpus + 1e-9))
         cpus = request.cpus_per_trial or max(1, min(8, total_cpus // gpu_slots))
         slots = min(gpu_slots, cpu_slots(cpus))
     else:
@@ -188,6 +195,12 @@ TUNE_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS":
             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
+def quiet_tune_env(verbose: int) -> dict[str, str]:
+    """Below --verbose 2: no Tune banner (the new output engine prints it even at verbose=0)
+    and no traceback per failed attempt (the sidecar and one log line carry the reason)."""
+    return {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"} if verbose < 2 else {}
+
+
 # ---------------------------------------------------------------------------- entry points
 def run_evolution(request: EvolveRequest) -> EvolveSummary:
     """Run `request` with its strategy: classic (this module) or pbt (pbt_launch)."""
@@ -206,6 +219,12 @@ def run_classic(request: EvolveRequest) -> EvolveSummary:
 
     t0 = time.time()
     prepared = prepare_run(request)
+    if len(prepared.store.rows()) >= prepared.target_rows:
+        LOGGER.info(f"evolve: {request.run_dir} already holds its {prepared.target_rows} rows")
+        try:
+            return summarize(prepared, t0)
+        finally:
+            prepared.store.close()
     started = connect(request)
     try:
         resolved = resolve_resources(request, ray.cluster_resources())
@@ -214,8 +233,7 @@ def run_classic(request: EvolveRequest) -> EvolveSummary:
                     f"{prepared.target_rows - len(prepared.store.rows())} row(s) to go")
         if request.tensorboard:
             LOGGER.info(f"evolve: view with: tensorboard --logdir {request.run_dir}")
-        # Tune's new output engine prints its banner even at verbose=0; the legacy one obeys.
-        quiet = {"RAY_AIR_NEW_OUTPUT": "0"} if request.verbose < 2 else {}
+        quiet = quiet_tune_env(request.verbose)
         with scoped_env(**TUNE_ENV, **quiet):
             tuner = build_classic_tuner(prepared, resolved)
             grid = tuner.fit()

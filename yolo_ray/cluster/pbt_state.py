@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import yaml
 
 from ..errors import ConfigError, StoreError
 from ..evolve.files import SIDECAR_NAME, write_text_atomic
-from ..evolve.records import Row
+from ..evolve.records import Row, TrialRecord, format_row
+from ..evolve.store import EvolutionStore
 
 STATE_NAME = "pbt_state.json"
 SCHEDULE_NAME = "hyp_schedule.yaml"
 CKPT_META = "meta.json"   # written by the PBT trainable into every checkpoint folder
 STATE_VERSION = 1
+_LOG = logging.getLogger("yolo_ray")
 
 
 @dataclass
@@ -219,6 +222,22 @@ def write_hyp_schedule(path: Path, rows: Sequence[Row], last: int, interval: int
     return path
 
 
-def plan_from_mapping(values: Mapping[str, Any]) -> MemberPlan:
-    """A MemberPlan from a plain mapping (tests, tools)."""
-    return MemberPlan(**dict(values))
+def orphan_row(store: EvolutionStore, record: TrialRecord, taken: set[int]) -> int | None:
+    """The csv row a killed driver wrote for `record` without its sidecar entry, if any.
+
+    The store appends the csv line first and the sidecar line second; a SIGKILL between the
+    two leaves a row the store re-labels 'recovered' (trial id null). The resumed run then
+    re-evaluates that (member, round): adopting the row instead of appending a twin keeps
+    exactly one row per member and round. A match needs equal hyps as evolve.csv prints them.
+    """
+    if any(e.get("trial_id") == record.trial_id for e in store.entries()):
+        return None  # already recorded: the store's own idempotency answers
+    want = format_row([record.hyp[k] for k in record.hyp])
+    for row in store.rows():
+        recovered = row.meta.get("trial_id") is None and row.meta.get("strategy") == "unknown"
+        if recovered and row.index not in taken and \
+                format_row([row.hyp[k] for k in record.hyp]) == want:
+            _LOG.warning(f"evolve.csv row {row.index} lost its sidecar entry when the driver "
+                         f"died; it is the row of {record.trial_id}")
+            return row.index
+    return None

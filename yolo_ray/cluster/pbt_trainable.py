@@ -155,7 +155,7 @@ class PBTTrainable(tune.Trainable):
             config, self._pending = self._pending, None
             if settings_of(config).seed != self.trainer.settings.seed:
                 self._build(config)  # another member: its own data order and seed
-            else:
+            else:  # the same member, possibly with explored hyps: keep model and data
                 self.member, self.hyp = int(config.get(MEMBER_KEY, 0)), hyp_of(config)
         self.trainer.load_train_state(state["train_state"])
         # The optimizer state carries the saver's lr/momentum/decay: apply ours on top.
@@ -164,13 +164,14 @@ class PBTTrainable(tune.Trainable):
         self._round_start = None
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Reuse this actor for `new_config` (PBT explore or another member); always True."""
+        """Reuse this actor for `new_config` (PBT explore or another member); always True.
+
+        Applied when Tune restores the member's checkpoint (own or a parent's) next: the
+        new hyps go on top of the loaded optimizer state via `trainer.set_hyp`, since the
+        optimizer state carries the saver's lr/momentum/decay. No restore means a member
+        starting from scratch, so `step` builds it fresh.
+        """
         self._pending = dict(new_config)
-        if settings_of(new_config).seed == self.trainer.settings.seed:
-            # Same member with new hyps (explore): switch lr, momentum, loss gains, aug now;
-            # the restore that follows re-applies them after loading the optimizer state.
-            self.hyp = hyp_of(new_config)
-            self.trainer.set_hyp(self.hyp)
         return True
 
     def cleanup(self) -> None:

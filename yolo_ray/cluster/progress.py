@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray.tune import Callback
 
@@ -18,7 +19,7 @@ def format_duration(seconds: float) -> str:
     """1:02:03 / 4:05 style, '?' when unknown."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -60,10 +61,12 @@ class ProgressCallback(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("log") is None:
+            state["log"] = LOGGER.info
         self.__dict__.update(state)
-        self.log = self.log or LOGGER.info
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         self._t0 = self.clock()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config.schema import Hyp, TrainSettings
 from ..errors import ConfigError
@@ -92,7 +93,7 @@ class EvolveRequest:
         """torch CPU threads per trial: its CPUs (1 until resources are resolved)."""
         return max(1, int(self.cpus_per_trial or 1))
 
-    def replace(self, **changes: object) -> "EvolveRequest":
+    def replace(self, **changes: object) -> EvolveRequest:
         """A copy with some fields changed."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -126,7 +127,7 @@ class EvolveRequest:
         s = self.base_settings()
         genes = dict(genes or {})
         if "freeze" in genes:
-            s = s.replace(freeze=(int(round(genes["freeze"])),))
+            s = s.replace(freeze=(round(genes["freeze"]),))
         if "prune" in genes:
             s = s.replace(prune_amount=float(genes["prune"]))
         if seed is not None:
@@ -148,7 +149,7 @@ class EvolveRequest:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "<request>") -> "EvolveRequest":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "<request>") -> EvolveRequest:
         """Inverse of `to_dict`; unknown keys are ignored (files from newer versions)."""
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in values.items() if k in names}
@@ -188,9 +189,9 @@ def request_problems(r: EvolveRequest) -> list[str]:
         if not 0 <= lo <= hi:
             out.append(f"--evolve-freeze LO HI needs 0 <= LO <= HI, got {lo} {hi}")
     if r.evolve_prune is not None:
-        lo, hi = r.evolve_prune
-        if not 0 <= lo <= hi < 1:
-            out.append(f"--evolve-prune LO HI needs 0 <= LO <= HI < 1, got {lo} {hi}")
+        p_lo, p_hi = r.evolve_prune
+        if not 0 <= p_lo <= p_hi < 1:
+            out.append(f"--evolve-prune LO HI needs 0 <= LO <= HI < 1, got {p_lo} {p_hi}")
     return out
 
 

@@ -20,7 +20,7 @@ from ..evolve.records import TrialRecord
 from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
-from .pbt_state import MemberPlan, PBTState, find_checkpoint, row_trial_id
+from .pbt_state import MemberPlan, PBTState, find_checkpoint, orphan_row, row_trial_id
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
@@ -218,7 +218,10 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         member = self._member(trial)
         score = float(result[self._metric])
         if self._store is not None and all(k in result for k in RESULT_KEYS):
-            row = self._store.append(self._row_record(trial, member, round_index, result))
+            record = self._row_record(trial, member, round_index, result)
+            row = orphan_row(self._store, record, set(self._state.rows.values()))
+            if row is None:
+                row = self._store.append(record)
             if row is not None:
                 self._state.rows[row_trial_id(trial.trial_id, member, round_index)] = row
                 # The csv keeps 5 significant digits; ranking by it makes a resumed run

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune.search import Searcher
 
@@ -58,17 +59,17 @@ class EvolveSearcher(Searcher):
         self.pending_failures: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ Tune interface
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        """A config for a new trial, None to ask again later, or FINISHED."""
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """A config for a new trial, None to ask again later, or Searcher.FINISHED."""
         if trial_id in self.live:
             return self.live[trial_id]
         rows = self.store.rows()
         if len(rows) >= self.target_rows:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel
         if self.failed >= self.max_failed:
             LOGGER.error(f"evolve: {self.failed} trials failed; not starting more "
                          f"(see {self.store.sidecar_path})")
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]
         if len(rows) + len(self._in_flight()) >= self.target_rows:
             return None  # enough trials running to fill the store: wait for them
         suggestion = self.ga.ask(self.next_index, rows)

@@ -19,7 +19,14 @@ from .callbacks import FailureReasonCallback, TensorBoardCallback
 from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
 from .searcher import EvolveSearcher
-from .trainable import METRIC, MODE, TIME_ATTR, evolve_trial, result_values, suggestion_from_config
+from .trainable import (
+    METRIC,
+    MODE,
+    TIME_ATTR,
+    evolve_trial,
+    result_values,
+    suggestion_from_config,
+)
 
 if TYPE_CHECKING:
     from .launch import PreparedRun
@@ -71,7 +78,7 @@ def can_restore(experiment_path: str) -> bool:
     return any(Path(i.path).name.startswith("experiment_state") for i in infos)
 
 
-def build_classic_tuner(prepared: "PreparedRun", request: EvolveRequest) -> tune.Tuner:
+def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest) -> tune.Tuner:
     """A new Tuner, or the restored one for --resume (searcher state comes back with it)."""
     trainable = build_trainable(request)
     if request.resume and can_restore(request.experiment_path):
@@ -103,7 +110,7 @@ def build_classic_tuner(prepared: "PreparedRun", request: EvolveRequest) -> tune
     )
 
 
-def reconcile_results(prepared: "PreparedRun", grid: Any) -> int:
+def reconcile_results(prepared: PreparedRun, grid: Any) -> int:
     """Record trials that finished but never reached the store (e.g. a crash in between).
 
     Idempotent: the store skips trial ids it already has. Returns rows added.
@@ -140,7 +147,35 @@ def trial_timings(grid: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, f
     return tuple(out)
 
 
-def summarize(prepared: "PreparedRun", t0: float, grid: Any = None) -> EvolveSummary:
+PUBLISHED = ("evolve.csv", "evolve_trials.jsonl", "hyp_evolve.yaml", "evolve.png",
+             "evolve_run.yaml", "tensorboard")
+
+
+def publish_outputs(request: EvolveRequest) -> str | None:
+    """Copy the run's outputs beside Tune's state in --storage (s3://, gs://, a shared mount).
+
+    The store is written on the driver; with shared storage the results should live there
+    too. Best effort: a failure is logged, the local copy stays. Returns the destination.
+    """
+    if request.storage is None:
+        return None
+    import pyarrow.fs as pafs
+
+    dest = request.experiment_path
+    try:
+        fs, base = pafs.FileSystem.from_uri(dest)
+        for name in PUBLISHED:
+            src = request.run_dir / name
+            if src.exists():
+                pafs.copy_files(str(src), f"{base}/{name}", pafs.LocalFileSystem(), fs)
+    except (OSError, ValueError) as e:
+        LOGGER.warning(f"evolve: could not copy the results to {dest}: {e}")
+        return None
+    LOGGER.info(f"evolve: results copied to {dest}")
+    return dest
+
+
+def summarize(prepared: PreparedRun, t0: float, grid: Any = None) -> EvolveSummary:
     """Plot evolve.png and describe what the run's folder now holds."""
     request, store = prepared.request, prepared.store
     rows, entries = store.rows(), store.entries()
@@ -152,6 +187,7 @@ def summarize(prepared: "PreparedRun", t0: float, grid: Any = None) -> EvolveSum
             plot = plot_evolve(store.csv_path, log=LOGGER.info)
         except StoreError as e:
             LOGGER.warning(f"evolve: no plot: {e}")
+    publish_outputs(request)
     complete = len(rows) >= prepared.target_rows
     if not complete:
         LOGGER.warning(f"evolve: stopped at {len(rows)}/{prepared.target_rows} rows; continue "

@@ -1,0 +1,150 @@
+"""Benchmark: per-trial time outside the training loop, and trials/hour with 1 vs 2 CPU slots.
+
+Runs classic evolutions on one local Ray (2 CPUs) over the synthetic dataset, one per slot
+setting SLOTSxCPUS: 1x1 (one trial at a time, 1 torch thread), 2x1 (two at a time, 1 thread
+each) and 1x2 (one at a time, 2 threads). Per trial, from the timestamps the run
+records (suggestion in the searcher, loop start/end in the trial, row written by the driver):
+
+    before = loop start - suggestion     (queueing, actor start, imports, data scan, model build)
+    after  = row written - loop end      (final report, Tune bookkeeping, store append)
+    share  = (before + after) / (row written - suggestion)
+
+"Loop" is Trainer.fit(): every epoch plus the final validation. The first trial of each slot
+starts a cold Ray worker (process spawn, torch import), later ones reuse it (reuse_actors), so
+both are reported. Trials/hour = trials / (last row written - first suggestion).
+
+    python bench/evolve_overhead.py                 # the run recorded in docs/benchmarks.md
+    python bench/evolve_overhead.py --generations 4 --epochs 2 --img 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", default="yolov5n")
+    p.add_argument("--img", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--generations", type=int, default=6, help="trials per slot setting")
+    p.add_argument("--n-train", type=int, default=64, help="synthetic training images")
+    p.add_argument("--configs", nargs="+", default=["1x1", "2x1", "1x2"],
+                   help="SLOTSxCPUS settings to compare (concurrent trials x CPUs each)")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    return p.parse_args(argv)
+
+
+def trial_overheads(timings: tuple[dict[str, float], ...]) -> list[dict[str, float]]:
+    """Per trial: before/after/loop/total seconds and the share outside the loop."""
+    out = []
+    for t in sorted(timings, key=lambda t: t["suggested"]):
+        before, after = t["loop_start"] - t["suggested"], t["recorded"] - t["loop_end"]
+        total = t["recorded"] - t["suggested"]
+        out.append({"before": before, "after": after, "loop": t["loop_end"] - t["loop_start"],
+                    "spawn": t["trial_start"] - t["suggested"],
+                    "setup": t["loop_start"] - t["trial_start"],
+                    "total": total, "share": (before + after) / total,
+                    "suggested": t["suggested"], "recorded": t["recorded"]})
+    return out
+
+
+def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
+    """Cold (first trial per slot) vs warm medians and throughput."""
+    cold, warm = trials[:slots], trials[slots:] or trials[:slots]
+    span = max(t["recorded"] for t in trials) - min(t["suggested"] for t in trials)
+
+    def med(rows: list[dict[str, float]], k: str) -> float:
+        return statistics.median(r[k] for r in rows)
+
+    warm_outside = med(warm, "before") + med(warm, "after")
+    return {
+        "slots": slots, "trials": len(trials), "span_s": span,
+        "trials_per_hour": 3600 * len(trials) / span,
+        "cold_before_s": med(cold, "before"), "cold_after_s": med(cold, "after"),
+        "warm_before_s": med(warm, "before"), "warm_after_s": med(warm, "after"),
+        "warm_loop_s": med(warm, "loop"), "warm_share": med(warm, "share"),
+        "cold_spawn_s": med(cold, "spawn"), "cold_setup_s": med(cold, "setup"),
+        "warm_spawn_s": med(warm, "spawn"), "warm_setup_s": med(warm, "setup"),
+        "cold_share": med(cold, "share"),
+        "share_all": sum(t["before"] + t["after"] for t in trials) / sum(t["total"] for t in trials),
+        "projected_share_60s": warm_outside / (60.0 + warm_outside),
+    }
+
+
+def run_once(args: argparse.Namespace, data: str, root: Path, config: str) -> dict[str, float]:
+    from yolo_ray.cluster.launch import run_evolution
+    from yolo_ray.cluster.request import EvolveRequest
+    from yolo_ray.config.load import load_hyp
+
+    slots, cpus = (int(x) for x in config.split("x"))
+    request = EvolveRequest(
+        run_dir=root / config, data=data, hyp=load_hyp(), cfg=args.cfg,
+        epochs=args.epochs, generations=args.generations, imgsz=args.img,
+        batch_size=args.batch_size, workers=0, gpus_per_trial=0.0,
+        cpus_per_trial=cpus, max_concurrent=slots, verbose=0)
+    summary = run_evolution(request)
+    assert summary.rows == args.generations, summary
+    trials = trial_overheads(summary.timings)
+    stats = summarize(trials, slots)
+    stats["wall_s"], stats["cpus"] = summary.wall_s, cpus
+    stats["per_trial"] = trials  # type: ignore[assignment]
+    return stats
+
+
+def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
+    header = ("| slots × CPUs | trials | trials/hour | loop (warm) | before loop cold / warm "
+              "(start + setup) | after loop cold / warm | outside share warm (all) | "
+              "projected, 60 s trial |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {int(r['slots'])} × {int(r['cpus'])} | {int(r['trials'])} | {r['trials_per_hour']:.0f} | "
+            f"{r['warm_loop_s']:.1f} s | {r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
+            f"{r['cold_setup_s']:.1f}) / {r['warm_before_s']:.2f} ({r['warm_spawn_s']:.2f} + "
+            f"{r['warm_setup_s']:.2f}) s | "
+            f"{r['cold_after_s']:.2f} / {r['warm_after_s']:.2f} s | "
+            f"{100 * r['warm_share']:.1f} % ({100 * r['share_all']:.1f} %) | "
+            f"{100 * r['projected_share_60s']:.2f} % |")
+    lines.append(f"\nray.init (once per run, not per trial): {ray_init_s:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import ray
+
+    from yolo_ray.data.synthetic import write_synthetic_dataset
+
+    with tempfile.TemporaryDirectory(prefix="evolve_bench_") as tmp:
+        root = Path(tmp)
+        data = str(write_synthetic_dataset(root / "data", n_train=args.n_train, n_val=16,
+                                           imgsz=args.img, seed=0))
+        t0 = time.time()
+        ray.init(num_cpus=args.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        ray_init_s = time.time() - t0
+        try:
+            results = [run_once(args, data, root, c) for c in args.configs]
+        finally:
+            ray.shutdown()
+    print("python bench/evolve_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(markdown(results, ray_init_s))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ray_init_s": ray_init_s, "results": results,
+                                               "args": vars(args)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""PBT end to end on a real local Ray: rows, weight cloning, TensorBoard, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.tune")
+
+from yolo_ray.cluster.pbt_launch import BEST_NAME, NUM_TO_KEEP, run_pbt  # noqa: E402
+from yolo_ray.cluster.pbt_state import SCHEDULE_NAME, STATE_NAME  # noqa: E402
+from yolo_ray.cluster.request import EvolveRequest  # noqa: E402
+from yolo_ray.cluster.rundir import save_run_file  # noqa: E402
+from yolo_ray.config.load import load_hyp  # noqa: E402
+from yolo_ray.errors import ConfigError  # noqa: E402
+from yolo_ray.evolve.files import SIDECAR_NAME  # noqa: E402
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_request(run_dir: Path, data: Path, cfg: Path, **kw: Any) -> EvolveRequest:
+    values: dict[str, Any] = dict(
+        run_dir=run_dir.resolve(), data=str(data), hyp=load_hyp(None), cfg=str(cfg),
+        strategy="pbt", epochs=2, generations=2, interval=1, population=3, imgsz=64,
+        batch_size=8, workers=0, cpus_per_trial=1, gpus_per_trial=0.0, verbose=0)
+    values.update(kw)
+    return EvolveRequest(**values)
+
+
+def sidecar(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / SIDECAR_NAME).read_text().splitlines()]
+
+
+def results_by_trial(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for path in (run_dir / "ray").glob("*/result.json"):
+        out[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_pbt_rows_cloning_and_tensorboard(local_ray, tmp_path, synthetic_data, tiny_model_yaml):
+    """P=3 members on 2 CPU slots (paused and resumed on reused actors), G=2, K=1."""
+    run = tmp_path / "exp"
+    summary = run_pbt(make_request(run, synthetic_data, tiny_model_yaml))
+
+    assert summary.complete and summary.rows == 6 == summary.population * summary.rounds
+    entries = sidecar(run)
+    assert [e["row"] for e in entries] == list(range(6))
+    assert all(e["strategy"] == "pbt" and e["status"] == "finished" for e in entries)
+    assert sorted(e["generation"] for e in entries) == [0, 0, 0, 1, 1, 1]
+    assert len({e["trial_id"] for e in entries}) == 6
+    cloned = [e for e in entries if e["cloned"]]
+    assert cloned, "the bottom member must clone a top member at round 1"
+
+    # The clone's first result continues its parent's weights and epoch counter.
+    results = results_by_trial(run)
+    by_row = {e["row"]: e for e in entries}
+    for e in cloned:
+        parent = by_row[e["parent_rows"][0]]
+        child_id, parent_id = e["trial_id"].split("-m")[0], parent["trial_id"].split("-m")[0]
+        parent_end = [r for r in results[parent_id] if r["epoch"] == 1][-1]
+        child_next = [r for r in results[child_id] if r["epoch"] == 2][-1]
+        assert child_next["start_crc"] == parent_end["weights_crc"]
+    own = [e for e in entries if e["generation"] == 1 and not e["cloned"]]
+    for e in own:  # members that kept their weights continue their own curve
+        tid = e["trial_id"].split("-m")[0]
+        first, second = ([r for r in results[tid] if r["epoch"] == ep][-1] for ep in (1, 2))
+        assert second["start_crc"] == first["weights_crc"]
+
+    # TensorBoard: one run per member plus the population view.
+    trials_tb = sorted((run / "tensorboard" / "trials").iterdir())
+    assert len(trials_tb) == 3 and all(list(d.glob("events.out.tfevents.*")) for d in trials_tb)
+    assert list((run / "tensorboard" / "population").glob("events.out.tfevents.*"))
+
+    # Outputs: best.pt in our checkpoint format, the schedule, the state, bounded checkpoints.
+    from yolo_ray.train.checkpoint import load_checkpoint
+
+    best = load_checkpoint(summary.best_weights)
+    assert summary.best_weights == run / "weights" / BEST_NAME
+    assert best["epoch"] == 1 and "train_state" not in best and best["hyp"]
+    assert next(iter(best["model"].values())).dtype.is_floating_point
+    import yaml
+
+    schedule = yaml.safe_load((run / SCHEDULE_NAME).read_text())
+    assert [r["round"] for r in schedule["rounds"]] == [0, 1]
+    assert schedule["rounds"][-1]["row"] == summary.best_row
+    assert json.loads((run / STATE_NAME).read_text())["round"] == 1
+    for trial_dir in (run / "ray").glob("*_0000*"):
+        assert len(list(trial_dir.glob("checkpoint_*"))) <= NUM_TO_KEEP
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_population_below_two_is_refused(tmp_path, synthetic_data, tiny_model_yaml):
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        run_pbt(make_request(tmp_path / "exp", synthetic_data, tiny_model_yaml, population=1))
+
+
+def test_interval_outside_the_epochs_is_refused(tmp_path, synthetic_data, tiny_model_yaml):
+    with pytest.raises(ConfigError, match="larger than --epochs"):
+        run_pbt(make_request(tmp_path / "exp", synthetic_data, tiny_model_yaml, interval=3))
+    with pytest.raises(ConfigError, match="--interval must be >= 1"):
+        make_request(tmp_path / "exp", synthetic_data, tiny_model_yaml, interval=0)
+
+
+def test_resume_of_a_classic_run_is_refused(tmp_path, synthetic_data, tiny_model_yaml):
+    run = (tmp_path / "exp").resolve()
+    run.mkdir()
+    classic = make_request(run, synthetic_data, tiny_model_yaml, strategy="classic")
+    save_run_file(classic, 4)
+    (run / SIDECAR_NAME).write_text(json.dumps(
+        {"row": None, "trial_id": "x", "strategy": "classic", "status": "failed"}) + "\n")
+    with pytest.raises(ConfigError, match="--strategy classic"):
+        run_pbt(make_request(run, synthetic_data, tiny_model_yaml, resume=True))
+
+
+# ----------------------------------------------------------------------------- resume
+DRIVER = """
+import json, sys
+from pathlib import Path
+import ray
+from yolo_ray.cluster.pbt_launch import run_pbt
+from yolo_ray.cluster.request import EvolveRequest
+from yolo_ray.config.load import load_hyp
+a = json.loads(sys.argv[1])
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+s = run_pbt(EvolveRequest(run_dir=Path(a["run"]), data=a["data"], hyp=load_hyp(None),
+    cfg=a["cfg"], strategy="pbt", epochs=3, generations=3, interval=1, population=2,
+    imgsz=64, batch_size=8, workers=0, cpus_per_trial=1, gpus_per_trial=0.0, verbose=0,
+    resume=a["resume"]))
+print("ROWS", s.rows, s.complete)
+"""
+
+
+def start_driver(run: Path, data: Path, cfg: Path, resume: bool, log: Path) -> subprocess.Popen:
+    args = json.dumps({"run": str(run), "data": str(data), "cfg": str(cfg), "resume": resume})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Its own session, so every Ray process it spawns can be found and ended afterwards.
+    return subprocess.Popen([sys.executable, "-c", DRIVER, args], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def end_session(sid: int) -> None:
+    """SIGKILL what is left of a killed driver's Ray (raylet, workers): its session only."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, session = (int(x) for x in line.split())
+        if session == sid and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def recorded_rows(run: Path) -> int:
+    try:
+        return sum(1 for e in sidecar(run) if e.get("row") is not None)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):
+    """Kill the driver mid-run (3 of 6 rows), resume: exactly 6 rows, earlier bytes intact."""
+    run = (tmp_path / "exp").resolve()
+    driver = start_driver(run, synthetic_data, tiny_model_yaml, False, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 240
+        while recorded_rows(run) < 3 and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        end_session(driver.pid)
+    csv_before = (run / "evolve.csv").read_bytes()
+    side_before = (run / SIDECAR_NAME).read_bytes()
+    assert 3 <= len(csv_before.splitlines()) - 1 < 6
+
+    resumed = start_driver(run, synthetic_data, tiny_model_yaml, True, tmp_path / "second.log")
+    try:
+        assert resumed.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        end_session(resumed.pid)
+    assert "ROWS 6 True" in (tmp_path / "second.log").read_text()
+    csv_after = (run / "evolve.csv").read_bytes()
+    assert csv_after.startswith(csv_before) and len(csv_after.splitlines()) == 7
+    assert (run / SIDECAR_NAME).read_bytes().startswith(side_before)
+    rows = {e["row"]: e for e in sidecar(run) if e.get("row") is not None}
+    assert sorted(rows) == list(range(6))
+    # A kill between a row's csv and sidecar lines leaves it 'recovered' (trial id null).
+    named = [e for e in rows.values() if e["trial_id"] is not None]
+    cells = {(e["trial_id"].split("-m")[1].split("-r")[0], e["generation"]) for e in named}
+    assert len(cells) == len(named) >= 5
+    assert all(sum(e["generation"] == g for e in named) <= 2 for g in range(3))
+    assert (run / "weights" / BEST_NAME).is_file()
