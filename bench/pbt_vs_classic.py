@@ -139,24 +139,29 @@ def plot(curves: dict[str, Curve], title: str, out: Path) -> Path:
     return out
 
 
-def update_docs(text: str) -> Path:
-    """Replace (or append) the '## PBT vs classic' section of docs/benchmarks.md."""
+def update_docs(text: str, heading: str) -> Path:
+    """Replace (or append) the section `heading` of docs/benchmarks.md; others stay."""
     path = DOCS / "benchmarks.md"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
+    start = old.find(heading + "\n")
     if start < 0:
         new = old.rstrip() + "\n\n" + text
     else:
-        nxt = old.find("\n## ", start + len(SECTION))
+        nxt = old.find("\n## ", start + len(heading))
         new = old[:start] + text + ("" if nxt < 0 else old[nxt:])
     path.write_text(new.rstrip() + "\n")
     return path
 
 
+def heading_for(args: argparse.Namespace) -> str:
+    """One docs section per dataset."""
+    return SECTION + (" (coco128)" if args.coco128 else "")
+
+
 def section(case: Case, args: argparse.Namespace, pbt: Curve, classic: Curve, png: str) -> str:
     command = "python bench/pbt_vs_classic.py --docs" + (" --coco128" if args.coco128 else "")
     m = args.rounds * args.interval
-    return (f"{SECTION}\n\nCommand: `{command}` (2-core CPU box, Ray local, 1 CPU per trial).\n"
+    return (f"{heading_for(args)}\n\nCommand: `{command}` (2-core CPU box, Ray local, 1 CPU per trial).\n"
             f"Data: {case.name}, imgsz {case.imgsz}, batch {case.batch}, "
             f"{case.cfg or Path(case.weights or '').name}; seed {args.seed}.\n"
             f"PBT: {args.population} members × {args.rounds} rounds of {args.interval} "
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(case, args, pbt, classic, png_name)
     print(text)
     if args.docs:
-        print(f"wrote {update_docs(text)} and {out}")
+        print(f"wrote {update_docs(text, heading_for(args))} and {out}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 For each method and amount: parameters, sparsity (YOLOv5's, over all parameters, and over
 conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 (BN-fused model, forward
-only, NMS excluded as in YOLOv5's speed figures; median of repeats after warm-up) and
+only, NMS excluded as in YOLOv5's speed figures; median, all variants timed round-robin) and
 mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6). Pruning is
 applied to the released weights without fine-tuning.
 
@@ -30,9 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(SHARED / "datasets" / "coco128.yaml"))
     p.add_argument("--methods", nargs="+", default=["l1", "global-l1", "channel"])
     p.add_argument("--amounts", nargs="+", type=float, default=[0.1, 0.3, 0.5])
-    p.add_argument("--img", type=int, default=320, help="image size for speed and mAP")
+    p.add_argument("--img", type=int, default=320, help="validation image size (mAP)")
+    p.add_argument("--speed-img", type=int, default=640, help="image size for the CPU timing")
     p.add_argument("--batch", type=int, default=16, help="validation batch size")
-    p.add_argument("--speed-runs", type=int, default=15, help="timed batch-1 forwards")
+    p.add_argument("--speed-rounds", type=int, default=4, help="round-robin timing rounds")
+    p.add_argument("--speed-runs", type=int, default=4, help="batch-1 forwards per round")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -52,46 +54,55 @@ def load_model(weights: str):
     return model.eval()
 
 
-def infer_ms(model, img: int, runs: int) -> float:
-    """Median batch-1 forward time (ms) of the BN-fused model."""
+def infer_ms(models: list, img: int, rounds: int, runs: int) -> list[float]:
+    """Median batch-1 forward time (ms) of each BN-fused model, timed round-robin.
+
+    Round-robin (every model `runs` forwards per round) so that load from other processes
+    on a shared machine hits all variants alike.
+    """
     import torch
 
-    fused = copy.deepcopy(model).eval().fuse()
+    fused = [copy.deepcopy(m).eval().fuse() for m in models]
     x = torch.rand(1, 3, img, img, generator=torch.Generator().manual_seed(0))
-    times = []
+    times: list[list[float]] = [[] for _ in fused]
     with torch.no_grad():
-        for i in range(runs + 3):
-            t = time.perf_counter()
-            fused(x)
-            if i >= 3:  # warm-up
-                times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        for m in fused:  # warm-up
+            m(x)
+        for _ in range(rounds):
+            for ts, m in zip(times, fused):
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    m(x)
+                    ts.append(time.perf_counter() - t)
+    return [1000 * statistics.median(ts) for ts in times]
 
 
 def val_map(model, loader) -> tuple[float, float]:
+    """mAP50, mAP50-95 with YOLOv5's validation settings (conf 0.001, IoU 0.6)."""
     from yolo_ray.train.validate import evaluate
 
     m = evaluate(model, loader, "cpu", conf_thres=0.001, iou_thres=0.6).metrics
     return m.map50, m.map
 
 
-def measure(model, label: str, args: argparse.Namespace, loader, before=None) -> dict:
+def measure(model, method: str, amount: float, loader) -> dict:
+    """Size, sparsity and (when a loader is given) mAP of one variant."""
     from yolo_ray.models.prune import sparsity_report
 
     rep = sparsity_report(model, imgsz=640)
-    row = {"method": label, "params": rep.params, "sparsity_all": rep.sparsity_all,
-           "sparsity_conv": rep.sparsity_conv, "gflops": rep.gflops,
-           "ms": infer_ms(model, args.img, args.speed_runs)}
+    row = {"method": method, "amount": amount, "params": rep.params,
+           "sparsity_all": rep.sparsity_all, "sparsity_conv": rep.sparsity_conv,
+           "gflops": rep.gflops}
     row["map50"], row["map"] = val_map(model, loader) if loader is not None else (None, None)
-    print(f"# {label}: {row}", file=sys.stderr)
+    print(f"# {method} {amount}: {row}", file=sys.stderr)
     return row
 
 
 def format_table(rows: list[dict], markdown: bool) -> str:
     head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640",
-            "CPU ms/img", "mAP50", "mAP50-95"]
+            "CPU ms/img (b1)", "mAP50", "mAP50-95"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [[r["method"], str(r.get("amount", "-")), f"{r['params']:,}", f"{r['sparsity_all']:.3f}",
+    lines = [[r["method"], str(r["amount"]), f"{r['params']:,}", f"{r['sparsity_all']:.3f}",
               f"{r['sparsity_conv']:.3f}", f"{r['gflops']:.2f}", f"{r['ms']:.1f}",
               fmt(r["map50"]), fmt(r["map"])] for r in rows]
     if markdown:
@@ -118,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     loader = None if args.no_map else create_val_loader(
         load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
         log=lambda *a, **k: None)
-    rows = [{**measure(model, "none", args, loader), "amount": 0.0}]
-    for method in args.methods:
-        for amount in args.amounts:
-            pruned = prune_model(model, amount, method, imgsz=None).model.eval()
-            rows.append({**measure(pruned, method, args, loader), "amount": amount})
-    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, {args.threads} threads "
+    variants = [("none", 0.0, model)] + [
+        (m, a, prune_model(model, a, m, imgsz=None).model.eval())
+        for m in args.methods for a in args.amounts]
+    rows = [measure(v, m, a, loader) for m, a, v in variants]
+    for row, ms in zip(rows, infer_ms([v for *_, v in variants], args.speed_img, args.speed_rounds,
+                                      args.speed_runs)):
+        row["ms"] = ms
+    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
+          f"{args.speed_img}, {args.threads} threads "
           f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), no "
           f"fine-tuning; load average {load0:.2f} → {os.getloadavg()[0]:.2f}; "
           f"{time.perf_counter() - t0:.0f} s")

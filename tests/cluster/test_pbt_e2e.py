@@ -108,6 +108,70 @@ def test_pbt_rows_cloning_and_tensorboard(local_ray, tmp_path, synthetic_data, t
         assert len(list(trial_dir.glob("checkpoint_*"))) <= NUM_TO_KEEP
 
 
+# ----------------------------------------------------------------------------- trainable
+def member_config(data: Path, cfg: Path, member: int, **hyp: float) -> dict[str, Any]:
+    from yolo_ray.cluster.pbt_trainable import INTERVAL_KEY, SETTINGS_KEY
+    from yolo_ray.cluster.scheduler import MEMBER_KEY
+    from yolo_ray.config.schema import TrainSettings
+
+    settings = TrainSettings(data=str(data), cfg=str(cfg), epochs=4, batch_size=8, imgsz=64,
+                             workers=0, device="cpu", threads=1, noval=True, patience=0,
+                             tensorboard=False, progress=False)
+    return {MEMBER_KEY: member, SETTINGS_KEY: settings, INTERVAL_KEY: 2,
+            **load_hyp(None).replace(**hyp).as_dict()}
+
+
+@pytest.fixture
+def one_thread():
+    """Members train with threads=1 (as a 1-CPU Ray trial); restore torch's setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_member_checkpoint_resumes_exactly_on_a_reused_actor(
+        tmp_path, monkeypatch, one_thread, synthetic_data, tiny_model_yaml):
+    """Pause/restore and actor reuse (reset_config) change nothing about the training."""
+    from yolo_ray.cluster.pbt_trainable import PBTTrainable, checkpoint_size, weights_crc
+
+    monkeypatch.setattr("ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH", str(tmp_path))
+    c0, c1 = (member_config(synthetic_data, tiny_model_yaml, m) for m in (0, 1))
+    straight = PBTTrainable(config=c0)
+    results = [straight.step() for _ in range(4)]
+    assert [r["epoch"] for r in results] == [1, 2, 3, 4] and results[-1]["done"]
+    assert [("weights_crc" in r) for r in results] == [False, True, False, True]  # round ends
+
+    paused = PBTTrainable(config=c0)
+    paused.step(), paused.step()
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    paused.save_checkpoint(str(folder))
+    assert checkpoint_size(folder) > 0 and not (folder / "weights.pt").exists()
+
+    reused = PBTTrainable(config=c1)            # an actor that served member 1 ...
+    reused.step()
+    member1_epoch1 = weights_crc(reused.trainer.model)
+    assert reused.reset_config(c0)              # ... takes over member 0 and its checkpoint
+    reused.load_checkpoint(str(folder))
+    after = [reused.step() for _ in range(2)]
+    assert after[0]["start_crc"] == results[1]["weights_crc"] and after[0]["epoch"] == 3
+    assert after[1]["weights_crc"] == results[3]["weights_crc"]   # bit-for-bit
+
+    assert straight.reset_config(c1)            # no checkpoint follows: member 1 from scratch
+    first = straight.step()
+    assert first["member"] == 1 and first["epoch"] == 1
+    assert weights_crc(straight.trainer.model) == member1_epoch1
+
+    explored = member_config(synthetic_data, tiny_model_yaml, 0, lr0=0.02, momentum=0.9)
+    assert paused.reset_config(explored)
+    paused.load_checkpoint(str(folder))         # the saver's optimizer state, our new hyps
+    group = paused.trainer.optimizer.param_groups[0]
+    assert group["initial_lr"] == 0.02 and group["momentum"] == 0.9
+    assert paused.trainer.epoch == 2 and paused.hyp["lr0"] == 0.02
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_population_below_two_is_refused(tmp_path, synthetic_data, tiny_model_yaml):
     with pytest.raises(ConfigError, match="at least 2 members"):
@@ -177,6 +241,7 @@ def recorded_rows(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # 35-45 s alone on 2 cores, over 60 s when the box is busy
 def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):
     """Kill the driver mid-run (3 of 6 rows), resume: exactly 6 rows, earlier bytes intact."""
     run = (tmp_path / "exp").resolve()

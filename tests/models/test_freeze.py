@@ -202,3 +202,13 @@ def test_deepcopy_keeps_policy(model):
     ema(x)
     assert torch.equal(before["model.0.bn.running_mean"], ema.state_dict()["model.0.bn.running_mean"])
     assert is_fused(ema.model[0]) and ema.model[0].forward.__self__ is ema.model[0]
+
+
+def test_model_fuse_after_freeze(base_model):
+    """DetectionModel.fuse() (final validation) on a frozen model still gives the same output."""
+    m = copy.deepcopy(base_model)
+    apply_freeze(m, range(10))
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = m.eval()(x)[0]
+        torch.testing.assert_close(m.fuse()(x)[0], ref, rtol=1e-4, atol=1e-4)

@@ -94,24 +94,33 @@ def plain(settings: TrainSettings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- run folder
-def open_run(request: EvolveRequest, plan: PBTPlan) -> tuple[EvolveRequest, EvolutionStore]:
-    """Check the folder for a new run or a resume; open the store; save the run file."""
+def resumed_request(request: EvolveRequest) -> EvolveRequest:
+    """The saved request of the run that `--resume` names (only address/verbosity may change).
+
+    Raises:
+        ConfigError: missing folder, or a folder another strategy made.
+    """
+    check_resumable(request.run_dir)
+    saved, _ = load_run_file(request.run_dir)
+    if saved.strategy != "pbt":
+        raise ConfigError(f"--resume: {request.run_dir} was made with --strategy "
+                          f"{saved.strategy}, not pbt")
+    return saved.replace(resume=True, address=request.address or saved.address,
+                         verbose=request.verbose)
+
+
+def open_run(request: EvolveRequest, plan: PBTPlan) -> EvolutionStore:
+    """Open the store; a new run also checks the folder is free and saves the run file."""
     run_dir = request.run_dir
-    if request.resume:
-        check_resumable(run_dir)
-        saved, _ = load_run_file(run_dir)
-        if saved.strategy != "pbt":
-            raise ConfigError(f"--resume: {run_dir} was made with --strategy {saved.strategy}")
-    else:
+    if not request.resume:
         found = run_strategy(run_dir) if run_dir.is_dir() else None
         if found is not None or (run_dir / STATE_NAME).exists():
             raise ConfigError(f"{run_dir} already holds a {found or 'pbt'} evolution; resume it "
                               "with --resume or choose a new --name")
-    hyp_keys = tuple(base_hyp(request).keys())
-    store = EvolutionStore(run_dir, hyp_keys)
+    store = EvolutionStore(run_dir, tuple(base_hyp(request).keys()))
     if not request.resume:
         save_run_file(request.replace(population=plan.population), plan.rows)
-    return request, store
+    return store
 
 
 # ---------------------------------------------------------------------------- Tune objects
@@ -267,10 +276,7 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
 
     t0 = time.time()
     if request.resume:
-        check_resumable(request.run_dir)
-        saved, _ = load_run_file(request.run_dir)
-        request = saved.replace(resume=True, address=request.address or saved.address,
-                                verbose=request.verbose)
+        request = resumed_request(request)
     check_inputs(request)
     plan_pbt(request, 1)  # the input checks that need no cluster, before Ray starts
     started = connect(request)
@@ -278,7 +284,7 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
     try:
         resolved = resolve_resources(request, ray.cluster_resources())
         plan = plan_pbt(resolved, resolved.max_concurrent)
-        resolved, store = open_run(resolved, plan)
+        store = open_run(resolved, plan)
         LOGGER.info(f"evolve: PBT with {plan.population} members x {plan.rounds} rounds of "
                     f"{plan.interval} epoch(s); {resolved.max_concurrent} concurrent slot(s)")
         with scoped_env(**TUNE_ENV):

@@ -69,11 +69,13 @@ class PBTTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any]) -> None:
         import ray
 
-        gpu_ids = list(ray.get_gpu_ids())
+        in_ray = ray.is_initialized()  # False when built by hand (tests, debugging)
+        gpu_ids = list(ray.get_gpu_ids()) if in_ray else []
         self._policy = str(config.get(DEVICE_POLICY_KEY, "auto"))
-        isolate_devices(gpu_ids, self._policy)  # before anything initialises CUDA
+        if in_ray:
+            isolate_devices(gpu_ids, self._policy)  # before anything initialises CUDA
         self._gpu_ids = gpu_ids
-        self._node = ray.util.get_node_ip_address()
+        self._node = ray.util.get_node_ip_address() if in_ray else "local"
         self._pending: dict[str, Any] | None = None
         self._build(config)
 

@@ -189,6 +189,8 @@ def _fold_key(m: nn.Module) -> tuple:
 
 def _fused_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Replacement forward for a frozen Conv whose BN is fixed: one conv with folded BN."""
+    if not isinstance(self.bn, nn.BatchNorm2d):  # DetectionModel.fuse() already folded it
+        return type(self).forward(self, x)
     key = _fold_key(self)
     cache = self.__dict__.get("_yr_fold")
     if cache is None or cache[0] != key:
