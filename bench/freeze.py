@@ -100,16 +100,17 @@ def speed_worker(args: argparse.Namespace, name: str) -> dict:
     torch.set_num_threads(args.threads)
     setups = {c: _setup(name, c, args.img, args.batch) for c in args.configs}
     times: dict[str, list[float]] = {c: [] for c in args.configs}
-    for c, (_, step) in setups.items():
+    for _, step in setups.values():
         for i in range(args.warmup):
             step(i)
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         for c, (_, step) in setups.items():
             for i in range(args.iters):
                 t = time.perf_counter()
                 step(i)
                 times[c].append(time.perf_counter() - t)
-    return {c: {"median_img_s": args.batch / statistics.median(ts), "best_img_s": args.batch / min(ts),
+    return {c: {"median_img_s": args.batch / statistics.median(ts),
+                "best_img_s": args.batch / min(ts),
                 "trainable": setups[c][0].trainable_params, "fused": setups[c][0].fused_convs}
             for c, ts in times.items()}
 
@@ -160,8 +161,9 @@ def format_table(rows: list[dict], markdown: bool) -> str:
         b = base.get(r["model"])
         rm = f"{r['median_img_s'] / b['median_img_s']:.2f}" if b else "-"
         rb = f"{r['best_img_s'] / b['best_img_s']:.2f}" if b else "-"
-        lines.append([r["model"], r["config"], f"{r['trainable']:,}", f"{r['median_img_s']:.1f}", rm,
-                      f"{r['best_img_s']:.1f}", rb, f"{r['peak_rss_mb']:.0f}", f"{r['train_rss_mb']:.0f}"])
+        lines.append([r["model"], r["config"], f"{r['trainable']:,}",
+                      f"{r['median_img_s']:.1f}", rm, f"{r['best_img_s']:.1f}", rb,
+                      f"{r['peak_rss_mb']:.0f}", f"{r['train_rss_mb']:.0f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(out + ["| " + " | ".join(x) + " |" for x in lines])

@@ -15,23 +15,24 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from yolo_ray.cluster.pbt_launch import BEST_NAME, NUM_TO_KEEP, run_pbt  # noqa: E402
-from yolo_ray.cluster.pbt_state import SCHEDULE_NAME, STATE_NAME  # noqa: E402
-from yolo_ray.cluster.request import EvolveRequest  # noqa: E402
-from yolo_ray.cluster.rundir import save_run_file  # noqa: E402
-from yolo_ray.config.load import load_hyp  # noqa: E402
-from yolo_ray.errors import ConfigError  # noqa: E402
-from yolo_ray.evolve.files import SIDECAR_NAME  # noqa: E402
+from yolo_ray.cluster.pbt_launch import BEST_NAME, NUM_TO_KEEP, run_pbt
+from yolo_ray.cluster.pbt_state import SCHEDULE_NAME, STATE_NAME
+from yolo_ray.cluster.request import EvolveRequest
+from yolo_ray.cluster.rundir import save_run_file
+from yolo_ray.config.load import load_hyp
+from yolo_ray.errors import ConfigError
+from yolo_ray.evolve.files import SIDECAR_NAME
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_request(run_dir: Path, data: Path, cfg: Path, **kw: Any) -> EvolveRequest:
-    values: dict[str, Any] = dict(
-        run_dir=run_dir.resolve(), data=str(data), hyp=load_hyp(None), cfg=str(cfg),
-        strategy="pbt", epochs=2, generations=2, interval=1, population=3, imgsz=64,
-        batch_size=8, workers=0, cpus_per_trial=1, gpus_per_trial=0.0, verbose=0)
+    values: dict[str, Any] = {
+        "run_dir": run_dir.resolve(), "data": str(data), "hyp": load_hyp(None),
+        "cfg": str(cfg), "strategy": "pbt", "epochs": 2, "generations": 2, "interval": 1,
+        "population": 3, "imgsz": 64, "batch_size": 8, "workers": 0, "cpus_per_trial": 1,
+        "gpus_per_trial": 0.0, "verbose": 0}
     values.update(kw)
     return EvolveRequest(**values)
 
@@ -134,7 +135,11 @@ def one_thread():
 def test_member_checkpoint_resumes_exactly_on_a_reused_actor(
         tmp_path, monkeypatch, one_thread, synthetic_data, tiny_model_yaml):
     """Pause/restore and actor reuse (reset_config) change nothing about the training."""
-    from yolo_ray.cluster.pbt_trainable import PBTTrainable, checkpoint_size, weights_crc
+    from yolo_ray.cluster.pbt_trainable import (
+        PBTTrainable,
+        checkpoint_size,
+        weights_crc,
+    )
 
     monkeypatch.setattr("ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH", str(tmp_path))
     c0, c1 = (member_config(synthetic_data, tiny_model_yaml, m) for m in (0, 1))
@@ -224,7 +229,8 @@ def start_driver(run: Path, data: Path, cfg: Path, resume: bool, log: Path) -> s
 
 def end_session(sid: int) -> None:
     """SIGKILL what is left of a killed driver's Ray (raylet, workers): its session only."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True,
+                         check=True).stdout
     for line in out.splitlines():
         pid, session = (int(x) for x in line.split())
         if session == sid and pid != os.getpid():

@@ -13,17 +13,23 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from ray.tune.experiment import Trial  # noqa: E402
-from ray.tune.schedulers import TrialScheduler  # noqa: E402
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
 
-from yolo_ray.cluster.pbt_state import (CKPT_META, STATE_NAME, PBTState,  # noqa: E402
-                                        check_resumable, hyp_schedule, lineage)
-from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining  # noqa: E402
-from yolo_ray.config.load import load_hyp  # noqa: E402
-from yolo_ray.errors import ConfigError  # noqa: E402
-from yolo_ray.evolve.space import Gene, SearchSpace, load_search_space  # noqa: E402
-from yolo_ray.evolve.store import EvolutionStore  # noqa: E402
-from yolo_ray.train.results import RESULT_KEYS  # noqa: E402
+from yolo_ray.cluster.pbt_state import (
+    CKPT_META,
+    STATE_NAME,
+    PBTState,
+    check_resumable,
+    hyp_schedule,
+    lineage,
+)
+from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
+from yolo_ray.config.load import load_hyp
+from yolo_ray.errors import ConfigError
+from yolo_ray.evolve.space import Gene, SearchSpace, load_search_space
+from yolo_ray.evolve.store import EvolutionStore
+from yolo_ray.train.results import RESULT_KEYS
 
 K = 2  # epochs per round in these tests
 
@@ -208,7 +214,7 @@ def test_mutated_configs_respect_limits(tmp_path):
         upper = round(g.lower + 0.1 * (g.upper - g.lower), 5)  # limits with <= 5 decimals
         narrow = narrow.with_gene(name, Gene(3.0, g.lower, upper))
     sched = make_scheduler(narrow, hyp, tmp_path)
-    controller, trials = add_population(sched, 2, tmp_path)
+    _, trials = add_population(sched, 2, tmp_path)
     parent, child = trials
     for k in ("lr0", "momentum", "hsv_s", "box"):        # start outside the narrow limits
         parent.config[k] = narrow[k].upper * 5
@@ -229,7 +235,7 @@ def test_mutated_configs_respect_limits(tmp_path):
 
 def test_parent_distribution_follows_fitness_weights(space, hyp, tmp_path):
     sched = make_scheduler(space, hyp, tmp_path, seed=3)
-    controller, trials = add_population(sched, 8, tmp_path)
+    _, trials = add_population(sched, 8, tmp_path)
     fits = [0.1, 0.2, 0.3, 0.5, 0.9, 0.05, 0.01, 0.02]    # top 5 = members 4, 3, 2, 1, 0
     for t, f in zip(trials, fits):
         sched._trial_state[t].last_score = f
@@ -260,7 +266,7 @@ def test_same_seed_same_population_different_seed_differs(space, hyp, tmp_path):
 
 def test_quantile_ties_are_broken_by_member_index(space, hyp, tmp_path):
     sched = make_scheduler(space, hyp, tmp_path)
-    controller, trials = add_population(sched, 4, tmp_path)
+    _, trials = add_population(sched, 4, tmp_path)
     for t in reversed(trials):  # add order must not matter (a restore reshuffles it)
         sched._trial_state[t].last_score = 0.5
     lower, upper = sched._quantiles()

@@ -16,10 +16,23 @@ from ..evolve.records import Row
 from ..evolve.space import SearchSpace
 from ..evolve.store import EvolutionStore
 from .callbacks import HPARAM_METRICS, TensorBoardCallback, trial_label
-from .launch import (TUNE_ENV, base_hyp, build_space, check_inputs, connect, resolve_resources,
-                     scoped_env)
-from .pbt_state import (SCHEDULE_NAME, STATE_NAME, best_final_row, check_resumable,
-                        run_strategy, write_hyp_schedule)
+from .launch import (
+    TUNE_ENV,
+    base_hyp,
+    build_space,
+    check_inputs,
+    connect,
+    resolve_resources,
+    scoped_env,
+)
+from .pbt_state import (
+    SCHEDULE_NAME,
+    STATE_NAME,
+    best_final_row,
+    check_resumable,
+    run_strategy,
+    write_hyp_schedule,
+)
 from .request import EvolveRequest, EvolveSummary
 from .rundir import load_run_file, save_run_file
 from .trainable import METRIC
@@ -192,7 +205,7 @@ def _restart_if_nothing_ran(request: EvolveRequest, store: EvolutionStore) -> No
 
 
 class MemberTensorBoard(TensorBoardCallback):
-    """helper-7's TensorBoard callback; HParams from PBT's top-level hyp keys (final hyps)."""
+    """The evolve TensorBoard callback, with HParams from PBT's top-level hyp keys."""
 
     def _write_hparams(self, trial: Any) -> None:
         from torch.utils.tensorboard.summary import hparams

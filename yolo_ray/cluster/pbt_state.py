@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,7 @@ class PBTState:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "PBTState":
+    def from_json(cls, text: str, source: str) -> PBTState:
         """Parse `to_json` output; StoreError naming the file when it is not one."""
         try:
             data = json.loads(text)
@@ -85,7 +86,7 @@ class PBTState:
         write_text_atomic(path, self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> "PBTState":
+    def load(cls, path: Path) -> PBTState:
         """Read a saved state."""
         try:
             text = path.read_text(encoding="utf-8")
@@ -142,7 +143,7 @@ def find_checkpoint(trial: Any, member: int, epoch: int) -> Any | None:
     their meta.json, so a checkpoint written after Ray's last experiment snapshot is found too.
     Returns a `_TrainingResult` ready for the trial's checkpoint manager, or None.
     """
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
     from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
@@ -175,7 +176,9 @@ def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------- hyp schedule
 def lineage(rows: Sequence[Row], last: int) -> list[Row]:
     """Rows from round 0 to `last`, following each row's parent (the weights it continued)."""
-    chain, seen, i = [], set(), last
+    chain: list[Row] = []
+    seen: set[int] = set()
+    i: int | None = last
     while i is not None and i not in seen and 0 <= i < len(rows):
         seen.add(i)
         chain.append(rows[i])
@@ -212,8 +215,8 @@ def write_hyp_schedule(path: Path, rows: Sequence[Row], last: int, interval: int
     best = rows[last]
     header = [
         "# yolo-ray PBT hyperparameter schedule of the best final member",
-        f"# Best row: {last} (fitness {best.fitness:.5g}); {len(schedule)} rounds of "
-        f"{interval} epoch(s)",
+        (f"# Best row: {last} (fitness {best.fitness:.5g}); {len(schedule)} rounds of "
+         f"{interval} epoch(s)"),
         "# Each round lists the hyps used for its epochs; 'cloned' marks rounds that started",
         "# from another member's weights (the lineage follows the weights).",
     ]

@@ -8,8 +8,9 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
@@ -145,7 +146,7 @@ class PBTTrainable(tune.Trainable):
                 "weights_crc": weights_crc(trainer.model)}
         (folder / CKPT_META).write_text(json.dumps(meta))
 
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
+    def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
         import torch
 
         path = Path(checkpoint_dir) / STATE_FILE

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from ray import tune
@@ -201,7 +202,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         trials.sort(key=lambda t: (self._trial_state[t].last_score, -self._member(t)))
         if len(trials) <= 1:
             return [], []
-        n = int(math.ceil(len(trials) * self._quantile_fraction))
+        n = math.ceil(len(trials) * self._quantile_fraction)
         n = min(n, len(trials) // 2)
         return trials[:n], trials[len(trials) - n:]
 
@@ -228,7 +229,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                 # (which may re-evaluate a round already in the csv) decide identically.
                 score = self._store.rows()[row].fitness
         if not math.isfinite(score):  # a diverged member ranks last instead of vanishing
-            score = -math.inf if self._metric_op > 0 else math.inf
+            score = -math.inf if (self._metric_op or 1.0) > 0 else math.inf
         return {**result, self._metric: score}
 
     def _row_record(self, trial: Trial, member: int, round_index: int,

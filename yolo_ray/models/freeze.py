@@ -89,7 +89,8 @@ def parse_freeze_spec(
         if count < 0:
             raise ConfigError(f"--freeze: layer count must be >= 0, got {count}")
         if count > n_layers:
-            raise ConfigError(f"--freeze {v}: the model has only {n_layers} layers (0..{n_layers - 1})")
+            raise ConfigError(
+                f"--freeze {v}: the model has only {n_layers} layers (0..{n_layers - 1})")
         indices = tuple(range(count))
     else:
         ints = [_as_int(v) for v in vals]
@@ -116,7 +117,10 @@ def select_frozen(model: nn.Module | Iterable[str], indices: Iterable[int]) -> l
     YOLOv5 semantics: a parameter is frozen if any 'model.{i}.' prefix is a substring of its
     name. `model` may be a module or an iterable of parameter names.
     """
-    names = [n for n, _ in model.named_parameters()] if isinstance(model, nn.Module) else list(model)
+    if isinstance(model, nn.Module):
+        names = [n for n, _ in model.named_parameters()]
+    else:
+        names = list(model)
     prefixes = _prefixes(indices)
     return [n for n in names if any(p in n for p in prefixes)]
 
@@ -261,7 +265,8 @@ def _fix_layer(layer: nn.Module, fuse: bool) -> int:
     return n_fused
 
 
-def apply_freeze(model: nn.Module, indices: Iterable[int], bn_stats_fixed: bool = True) -> FreezeReport:
+def apply_freeze(model: nn.Module, indices: Iterable[int],
+                 bn_stats_fixed: bool = True) -> FreezeReport:
     """Freeze layers in place (call after loading weights, before building the optimizer).
 
     Every parameter first gets requires_grad=True, then those selected by `select_frozen`
@@ -282,13 +287,15 @@ def apply_freeze(model: nn.Module, indices: Iterable[int], bn_stats_fixed: bool 
     idx = tuple(sorted(set(int(i) for i in indices)))
     bad = [i for i in idx if i < 0 or i >= len(layers)]
     if bad:
-        raise ConfigError(f"--freeze: layer indices {bad} are outside the model's 0..{len(layers) - 1}")
+        raise ConfigError(
+            f"--freeze: layer indices {bad} are outside the model's 0..{len(layers) - 1}")
     frozen = set(select_frozen(model, idx))
     params = list(model.named_parameters())
     n_frozen = sum(p.numel() for n, p in params if n in frozen)
     n_train = sum(p.numel() for n, p in params if n not in frozen)
     if n_train == 0:  # checked before touching the model
-        raise ConfigError(f"--freeze {list(idx)}: every parameter would be frozen; nothing left to train")
+        raise ConfigError(
+            f"--freeze {list(idx)}: every parameter would be frozen; nothing left to train")
     for name, p in params:
         p.requires_grad_(name not in frozen)
     _reset(layers)
@@ -302,7 +309,8 @@ def format_freeze(report: FreezeReport) -> str:
     """One log line in the spirit of YOLOv5's 'freezing ...' messages."""
     if not report.frozen_layers:
         return "freeze: nothing frozen"
-    bn = "BN stats fixed, Conv+BN folded" if report.bn_stats_fixed else "BN stats update (YOLOv5 mode)"
+    bn = ("BN stats fixed, Conv+BN folded" if report.bn_stats_fixed
+          else "BN stats update (YOLOv5 mode)")
     return (f"freeze: layers {list(report.frozen_layers)} ({report.frozen_params:,} params frozen, "
             f"{report.trainable_params:,} trainable); layers 0..{report.no_grad_prefix - 1} run "
             f"without autograd; {bn}")

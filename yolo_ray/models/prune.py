@@ -56,7 +56,8 @@ def conv_gflops(model: nn.Module, imgsz: int = 640) -> float:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, convs[0].in_channels, imgsz, imgsz, device=w.device, dtype=w.dtype))
+            x = torch.zeros(1, convs[0].in_channels, imgsz, imgsz, device=w.device, dtype=w.dtype)
+            model(x)
     finally:
         model.train(was)
         for h in handles:
@@ -99,7 +100,8 @@ def _keep_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     return mask
 
 
-def plan_unstructured(model: nn.Module, amount: float, method: str = "l1") -> dict[str, torch.Tensor]:
+def plan_unstructured(model: nn.Module, amount: float,
+                      method: str = "l1") -> dict[str, torch.Tensor]:
     """Keep-masks (bool, True = keep) for every Conv2d weight, incl. Detect's (pure).
 
     'l1' is YOLOv5's `prune()`: per layer, the round(amount·numel) smallest |w| go.
@@ -199,7 +201,8 @@ class ChannelPlan:
         """Inverse of `as_dict`; ConfigError for anything else."""
         if isinstance(d, ChannelPlan):
             return d
-        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT or not isinstance(d.get("keep"), dict):
+        if (not isinstance(d, dict) or d.get("format") != PLAN_FORMAT
+                or not isinstance(d.get("keep"), dict)):
             raise ConfigError(f"not a channel prune plan (expected format {PLAN_FORMAT!r})")
         keep = {str(k): tuple(int(i) for i in v) for k, v in d["keep"].items()}
         return cls(keep, float(d.get("amount", 0.0)), str(d.get("importance", "bn")))
@@ -297,7 +300,7 @@ def _sppf(g: _Graph, path: str, m: nn.Module, ins: list[int]) -> list[int]:
 
 
 def _detect(g: _Graph, path: str, m: nn.Module, inputs: list[list[int]]) -> list[int]:
-    for k, conv in enumerate(m.m):
+    for k in range(len(m.m)):
         g.consume(f"{path}.m.{k}", inputs[k])  # output (na·no) never pruned
     return []
 
@@ -357,7 +360,8 @@ def plan_channel_prune(model: nn.Module, amount: float, importance: str = "bn",
     """
     check_prune_args(amount, "channel")
     if importance not in IMPORTANCE:
-        raise ConfigError(f"channel importance {importance!r} is not one of {', '.join(IMPORTANCE)}")
+        raise ConfigError(
+            f"channel importance {importance!r} is not one of {', '.join(IMPORTANCE)}")
     if not _conv_weights(model):
         raise ConfigError("cannot prune: the model has no Conv2d layers")
     g, mods, keep = _build_graph(model), dict(model.named_modules()), {}
@@ -384,7 +388,8 @@ def _check_plan(g: _Graph, keep: dict[str, tuple[int, ...]]) -> dict[int, tuple[
         if g.locked[r]:
             raise ConfigError(f"channel plan prunes {p}, whose channels cannot be pruned here")
         if sorted(set(idx)) != list(idx) or idx[0] < 0 or idx[-1] >= g.size[r]:
-            raise ConfigError(f"channel plan for {p}: indices must be sorted, unique, in 0..{g.size[r] - 1}")
+            raise ConfigError(f"channel plan for {p}: indices must be sorted, unique and in "
+                              f"0..{g.size[r] - 1}")
         if out.setdefault(r, idx) != idx or any(q not in keep for q in g.producers[r]):
             raise ConfigError(f"channel plan for {p} differs from the layers it is coupled with "
                               f"({', '.join(g.producers[r])})")
@@ -428,7 +433,8 @@ def _compensate(model: nn.Module, g: _Graph, kept: dict[int, tuple[int, ...]]) -
     for path, segs in g.consumers:
         if any(g.find(s) in kept for s in segs):
             conv = model.get_submodule(path)
-            shift = conv.weight.detach().float().cpu().sum((2, 3)) @ _removed_values(model, g, segs, kept)
+            w = conv.weight.detach().float().cpu().sum((2, 3))
+            shift = w @ _removed_values(model, g, segs, kept)
             shifts.append((path, conv, shift))
     for path, conv, shift in shifts:  # write after all reads: values come from producer BNs
         block = model.get_submodule(path.rpartition(".")[0]) if path.endswith(".conv") else None
@@ -520,7 +526,8 @@ def apply_channel_plan(model: nn.Module, plan: ChannelPlan | dict) -> nn.Module:
     return _apply_inplace(copy.deepcopy(model), ChannelPlan.from_dict(plan))
 
 
-def rebuild_from_plan(model_yaml: dict | str, nc: int | None, plan: ChannelPlan | dict) -> nn.Module:
+def rebuild_from_plan(model_yaml: dict | str, nc: int | None,
+                      plan: ChannelPlan | dict) -> nn.Module:
     """Build the yaml's model and shrink it to the plan's shapes, ready for load_state_dict."""
     from .yolo import build_model
 
