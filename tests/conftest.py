@@ -15,6 +15,7 @@ YOLOV5N_PT = SHARED / "weights" / "yolov5n.pt"
 
 # Tests run on 2 cores: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TINY_MODEL_YAML = """\
 # yolov5 layout at width 0.05 / depth 0.33: the same 25 layers, a few thousand parameters

@@ -300,6 +300,10 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
         store = open_run(resolved, plan)
         LOGGER.info(f"evolve: PBT with {plan.population} members x {plan.rounds} rounds of "
                     f"{plan.interval} epoch(s); {resolved.max_concurrent} concurrent slot(s)")
+        if plan.epochs != request.epochs:
+            LOGGER.warning(f"evolve: each member trains {plan.rounds} x {plan.interval} = "
+                           f"{plan.epochs} epochs (--epochs {request.epochs} only bounds "
+                           "--interval)")
         with scoped_env(**TUNE_ENV):
             grid = build_pbt_tuner(resolved, plan, store).fit()
         return summarize(resolved, plan, store, grid, t0)
