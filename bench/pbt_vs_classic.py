@@ -46,6 +46,7 @@ class Curve:
     budget: np.ndarray
     best: np.ndarray
     wall_s: float
+    finals: tuple[float, ...] = ()   # each classic trial / each PBT member after its last round
 
 
 def synthetic_case(work: Path) -> Case:
@@ -87,11 +88,12 @@ def curve_of(run_dir: Path, strategy: str, args: argparse.Namespace, wall: float
     f = np.array([r.fitness for r in rows])
     if strategy == "classic":  # rows in completion order, each = one full-length trial
         budget = np.arange(1, len(rows) + 1) * args.rounds * args.interval
-        return Curve(budget, np.maximum.accumulate(f), wall)
+        return Curve(budget, np.maximum.accumulate(f), wall, tuple(f.tolist()))
     gen = np.array([int(r.meta.get("generation") or 0) for r in rows])
     rounds = np.arange(gen.max() + 1)
     best = np.array([f[gen <= r].max() for r in rounds])
-    return Curve((rounds + 1) * args.population * args.interval, best, wall)
+    finals = tuple(f[gen == gen.max()].tolist())
+    return Curve((rounds + 1) * args.population * args.interval, best, wall, finals)
 
 
 def run_strategy(case: Case, strategy: str, work: Path, args: argparse.Namespace) -> Curve:
@@ -148,7 +150,11 @@ def update_docs(text: str, heading: str) -> Path:
         new = old.rstrip() + "\n\n" + text
     else:
         nxt = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + ("" if nxt < 0 else old[nxt:])
+        end = len(old) if nxt < 0 else nxt
+        # A hand-written "Reading:" block at the section's end survives a re-run.
+        reading = old.find("\nReading:", start, end)
+        kept = old[reading:end].rstrip() + "\n" if reading >= 0 else ""
+        new = old[:start] + text + ("\n" + kept.lstrip("\n") if kept else "") + old[end:]
     path.write_text(new.rstrip() + "\n")
     return path
 
@@ -167,7 +173,16 @@ def section(case: Case, args: argparse.Namespace, pbt: Curve, classic: Curve, pn
             f"PBT: {args.population} members × {args.rounds} rounds of {args.interval} "
             f"epoch(s) = {args.population * m} epochs. Classic: {args.population} trials × "
             f"{m} epochs = {args.population * m} epochs (same total, same per-run length).\n\n"
-            f"{table(pbt, classic)}\n\n![PBT vs classic]({png})\n")
+            f"{table(pbt, classic)}\n\n"
+            f"Final fitness of each PBT member: {spread(pbt.finals)}; of each classic trial: "
+            f"{spread(classic.finals)}.\n\n![PBT vs classic]({png})\n")
+
+
+def spread(values: tuple[float, ...]) -> str:
+    """'0.57, 0.56 (mean 0.565)' for the docs."""
+    if not values:
+        return "-"
+    return ", ".join(f"{v:.3f}" for v in values) + f" (mean {np.mean(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -247,8 +247,7 @@ def recorded_rows(run: Path) -> int:
         return 0
 
 
-@pytest.mark.slow  # 35-45 s alone on 2 cores, over 60 s when the box is busy
-def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):
+def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):  # ~25-45 s
     """Kill the driver mid-run (3 of 6 rows), resume: exactly 6 rows, earlier bytes intact."""
     run = (tmp_path / "exp").resolve()
     driver = start_driver(run, synthetic_data, tiny_model_yaml, False, tmp_path / "first.log")

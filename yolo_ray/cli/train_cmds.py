@@ -166,9 +166,9 @@ def info_cmd(a: argparse.Namespace) -> int:
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("synth",), help="synth: write a synthetic dataset")
     p.add_argument("--out", default="runs/data/synthetic", help="output folder")
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-val", type=int, default=16)
-    p.add_argument("--img", dest="imgsz", type=int, default=128)
+    p.add_argument("--n-train", type=int, default=512)
+    p.add_argument("--n-val", type=int, default=64)
+    p.add_argument("--img", dest="imgsz", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
 
 
