@@ -17,16 +17,6 @@ from yolo_ray.train.loss import ComputeLoss
 N_LAYERS = 25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models at 64 px gain nothing from 2 threads, and on a busy CI box spinning
-    OpenMP workers make them ~10x slower; restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def base_model():
     return build_model("yolov5n", nc=3)

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import __version__

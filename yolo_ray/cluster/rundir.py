@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..train.assemble import increment_path
 
 from ..errors import ConfigError
 from ..evolve.files import write_text_atomic
@@ -18,13 +19,7 @@ DEFAULT_PROJECT = "runs/evolve"
 
 def increment_run_dir(base: Path, exist_ok: bool = False) -> Path:
     """runs/evolve/exp, exp2, exp3 … (YOLOv5's naming), or `base` itself when exist_ok."""
-    if exist_ok or not base.exists():
-        return base
-    stem = re.sub(r"\d+$", "", base.name) or base.name
-    n = 2
-    while (base.parent / f"{stem}{n}").exists():
-        n += 1
-    return base.parent / f"{stem}{n}"
+    return increment_path(base, exist_ok)
 
 
 def make_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:

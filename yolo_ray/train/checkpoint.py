@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
@@ -26,8 +26,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call `write(f)` on a temp file in the same folder, fsync, then rename over `path`.
 
     A kill at any moment leaves either the old file or the new one, never a torn file.
     """
@@ -36,7 +36,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +45,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """torch.save `payload` atomically (see `write_atomic`)."""
+    return write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

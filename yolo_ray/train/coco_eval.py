@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .checkpoint import write_atomic
 
 
 def _as_array(x: Any, cols: int | None = None) -> np.ndarray:
@@ -118,16 +118,5 @@ def _json_default(o: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write `obj` as JSON atomically: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    data = json.dumps(obj, default=_json_default).encode()
+    return write_atomic(path, lambda f: f.write(data))

@@ -114,6 +114,7 @@ def evaluate(
             if keep_predictions:
                 kept.append((seen, st[4]))
             seen += 1
+    model.train(was_training)
     n_batches = max(len(loader), 1)
     return _summarise(stats, nc, loss / n_batches, seen, times, shape, kept)
 
