@@ -1,6 +1,6 @@
 """Best fitness per compute budget (epochs): PBT vs classic YOLOv5 evolution, equal total epochs.
 
-Default (synthetic set, about 7 min on 2 CPU cores):
+Default (synthetic set; about 6 min on an idle 2-core box, 10 on a busy one):
 
     python bench/pbt_vs_classic.py --docs
 

@@ -26,7 +26,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(tmp_path: Path, data: Path, cfg: Path, *extra: str) -> int:
-    return main(["evolve", "--data", str(data), "--cfg", str(cfg), "--img", "64",
+    return main(["evolve", "--strategy", "classic", "--data", str(data), "--cfg", str(cfg), "--img", "64",
                  "--epochs", "1", "--generations", "2", "--project", str(tmp_path / "runs"),
                  *extra])
 
@@ -67,7 +67,7 @@ def test_hyp_missing_a_gene(tmp_path, synthetic_data, tiny_model_yaml, capsys) -
 def test_unwritable_output_folder(tmp_path, synthetic_data, tiny_model_yaml, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the project folder should be")
-    rc = main(["evolve", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
+    rc = main(["evolve", "--strategy", "classic", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
                "--generations", "2", "--project", str(blocker)])
     assert rc == 2
     assert "output folder" in (msg := error(capsys)) and "not writable" in msg
@@ -110,7 +110,7 @@ def test_malformed_store_in_reused_folder_is_not_rewritten(tmp_path, synthetic_d
 def test_missing_data_and_weights(tmp_path, tiny_model_yaml, capsys) -> None:
     assert run(tmp_path, tmp_path / "none.yaml", tiny_model_yaml) == 2
     assert "none.yaml" in error(capsys)
-    rc = main(["evolve", "--weights", str(tmp_path / "w.pt"), "--data",
+    rc = main(["evolve", "--strategy", "classic", "--weights", str(tmp_path / "w.pt"), "--data",
                str(tmp_path / "none.yaml"), "--project", str(tmp_path / "runs")])
     assert rc == 2
 

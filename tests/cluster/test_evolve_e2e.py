@@ -40,7 +40,7 @@ def evolved(ray_fake_gpus, tmp_path_factory, synthetic_data) -> Path:
 
     cfg = tmp / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
-    rc = main(["evolve", "--data", str(synthetic_data), "--cfg", str(cfg), *TINY,
+    rc = main(["evolve", "--strategy", "classic", "--data", str(synthetic_data), "--cfg", str(cfg), *TINY,
                "--epochs", "1", "--generations", str(GENERATIONS), "--gpus-per-trial", "1",
                "--device", "cpu", "--evolve-freeze", "1", "6", "--project", str(tmp),
                "--name", "run", "--storage", str(tmp / "shared")])
@@ -110,7 +110,7 @@ def test_plot_evolve_command_redraws(evolved: Path) -> None:
 # ------------------------------------------------------------------ slow
 def _evolve_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", ("import sys; from yolo_ray.cli import main; "
-            "sys.exit(main(sys.argv[1:]))"), "evolve", *args]
+            "sys.exit(main(sys.argv[1:]))"), "evolve", "--strategy", "classic", *args]
 
 
 def _rows(csv: Path) -> int:
@@ -153,7 +153,7 @@ def test_failed_trials_are_retried_then_recorded_with_reason(ray_fake_gpus, tmp_
                                                              synthetic_data) -> None:
     bad = tmp_path / "bad.pt"  # exists (the driver's check passes), but is no checkpoint
     bad.write_bytes(b"not a checkpoint")
-    rc = main(["evolve", "--data", str(synthetic_data), "--weights", str(bad), *TINY,
+    rc = main(["evolve", "--strategy", "classic", "--data", str(synthetic_data), "--weights", str(bad), *TINY,
                "--epochs", "1", "--generations", "2", "--max-failures", "1", "--device", "cpu",
                "--project", str(tmp_path), "--name", "fail"])
     entries = sidecar(tmp_path / "fail")
@@ -167,7 +167,7 @@ def test_failed_trials_are_retried_then_recorded_with_reason(ray_fake_gpus, tmp_
 @pytest.mark.slow
 def test_asha_early_stopped_rows(ray_fake_gpus, tmp_path: Path, synthetic_data,
                                  tiny_model_yaml) -> None:
-    rc = main(["evolve", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
+    rc = main(["evolve", "--strategy", "classic", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
                "--img", "64", "--batch-size", "64", "--workers", "0", "--epochs", "4",
                "--generations", "6", "--early-stop", "asha", "--device", "cpu",
                "--project", str(tmp_path), "--name", "asha"])

@@ -55,8 +55,10 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-method", default="l1", choices=("l1", "global-l1", "channel"))
     g.add_argument("--prune-at", default="end", choices=("end", "start"))
     e = p.add_argument_group("evolution")
-    e.add_argument("--strategy", default="classic", choices=("classic", "pbt"),
-                   help="classic: YOLOv5's GA, one full training per row; pbt: population-based")
+    e.add_argument("--strategy", default=None, choices=("pbt", "classic"),
+                   help="pbt (default): the GA scheduler, a population trained concurrently, "
+                        "weaker members clone a YOLOv5-selected parent and mutate; classic: "
+                        "YOLOv5's GA, one full training per row")
     e.add_argument("--generations", type=int, default=300, help="trials = evolve.csv rows")
     e.add_argument("--meta", default=None, help="search space yaml (default configs/evolve/meta.yaml)")
     e.add_argument("--parent", default="single", choices=("single", "weighted"))
@@ -69,7 +71,8 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--early-stop", default="none", choices=("none", "asha"),
                    help="asha: stop hopeless trials early (validates every epoch)")
     e.add_argument("--population", type=int, default=0, help="pbt: population (0 = slots)")
-    e.add_argument("--interval", type=int, default=1, help="pbt: epochs between perturbations")
+    e.add_argument("--interval", type=int, default=0,
+                   help="pbt: epochs between perturbations (default: --epochs)")
     r = p.add_argument_group("Ray")
     r.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions allowed (default: 1 with GPUs, else CPU slots)")
@@ -119,8 +122,8 @@ def request_from_args(a: argparse.Namespace):
         run_dir=Path(a.project or DEFAULT_PROJECT) / a.name,
         data=_abs(a.data) or _abs(default_data()) or "", hyp=load_hyp(a.hyp),
         meta=_abs(a.meta), cfg=_model(a.cfg, a.weights), weights=_abs(a.weights),
-        strategy=a.strategy, epochs=a.epochs, generations=a.generations,
-        population=a.population, interval=a.interval, parent=a.parent, seed=a.seed,
+        strategy=a.strategy or "pbt", epochs=a.epochs, generations=a.generations,
+        population=a.population, interval=a.interval or a.epochs, parent=a.parent, seed=a.seed,
         imgsz=a.imgsz, batch_size=a.batch_size, workers=a.workers, optimizer=a.optimizer,
         cos_lr=a.cos_lr, single_cls=a.single_cls, label_smoothing=a.label_smoothing,
         freeze=_freeze_values(a.freeze), freeze_bn_stats=a.freeze_bn_stats,
@@ -138,8 +141,13 @@ def resume_request(a: argparse.Namespace):
     """The saved request of run `--resume NAME`, marked resume (address/verbosity may change)."""
     from ..cluster.rundir import DEFAULT_PROJECT, find_run, load_run_file
 
+    from ..errors import ConfigError
+
     run_dir = find_run(a.resume, a.project or DEFAULT_PROJECT)
     request, _ = load_run_file(run_dir)
+    if a.strategy and a.strategy != request.strategy:
+        raise ConfigError(f"--resume {a.resume}: {run_dir} is a {request.strategy!r} run; "
+                          f"it cannot be resumed with --strategy {a.strategy}")
     return request.replace(resume=True, address=a.address or request.address,
                            verbose=a.verbose)
 
@@ -169,6 +177,10 @@ def _print_summary(s) -> None:
     LOGGER.info(f"evolve: {s.rows} rows ({s.trials} trials, {s.failed} failed, "
                 f"{s.early_stopped} early-stopped) in {s.wall_s:.0f} s; best fitness {best}")
     for path in (s.evolve_csv, s.hyp_yaml, s.plot):
+        if path is not None and path.exists():
+            LOGGER.info(f"  {path}")
+    for extra in ("best_weights", "hyp_schedule"):  # PBT: best member and its schedule
+        path = getattr(s, extra, None)
         if path is not None and path.exists():
             LOGGER.info(f"  {path}")
     if s.tb_dir is not None:

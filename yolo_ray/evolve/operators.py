@@ -121,6 +121,7 @@ def clip_to_space(values: Mapping[str, float], space: SearchSpace) -> dict[str, 
             lo, hi = math.ceil(gene.lower), math.floor(gene.upper)
             out[name] = min(max(int(round(clipped)), lo), hi)
         else:
-            # Python's round() rounds the exact decimal value (np.round scales by 1e5 first).
-            out[name] = round(clipped, DECIMALS)
+            # Python's round() rounds the exact decimal value (np.round scales by 1e5 first);
+            # a limit with more than 5 decimals still wins over the rounding.
+            out[name] = min(max(round(clipped, DECIMALS), gene.lower), gene.upper)
     return out
