@@ -141,6 +141,25 @@ def test_duplicate_trial_id_is_not_appended_twice(tmp_path: Path) -> None:
     assert entries[1]["reason"] == "CUDA OOM"
 
 
+def test_kill_between_sidecar_and_csv_never_duplicates(tmp_path: Path) -> None:
+    store = EvolutionStore(tmp_path, KEYS)
+    assert store.append(rec("a", 0.1)) == 0
+    store.close()
+    # the writer of trial "x" was killed after its sidecar entry, before its csv row
+    orphan = rec("x", 0.5).sidecar_entry(1)
+    with open(tmp_path / "evolve_trials.jsonl", "a") as f:
+        f.write(json.dumps(orphan) + "\n")
+    csv_before = (tmp_path / "evolve.csv").read_bytes()
+    reopened = EvolutionStore(tmp_path, KEYS)
+    assert [e["trial_id"] for e in reopened.entries()] == ["a"]  # the orphan is not committed
+    assert (tmp_path / "evolve.csv").read_bytes() == csv_before
+    assert reopened.append(rec("b", 0.3)) == 1      # takes row 1; the orphan stays orphaned
+    assert reopened.append(rec("x", 0.5)) == 2      # the retry of x is written exactly once
+    assert reopened.append(rec("x", 0.5)) == 2
+    assert len(EvolutionStore(tmp_path, KEYS).rows()) == 3
+    assert [r.meta["trial_id"] for r in EvolutionStore(tmp_path, KEYS).rows()] == ["a", "b", "x"]
+
+
 def test_failed_only_in_sidecar_early_stopped_never_best(tmp_path: Path) -> None:
     store = EvolutionStore(tmp_path, KEYS)
     store.append(rec("x", status="failed"))

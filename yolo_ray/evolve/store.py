@@ -121,10 +121,12 @@ class EvolutionStore:
         """Validate both files completely before changing anything, then repair and reconcile."""
         csv_torn = self._consume_csv()
         side_torn = self._consume_sidecar()
-        orphans = [e["row"] for e in self._entry_by_row.values() if e["row"] >= len(self._rows)]
-        if orphans:
-            raise StoreError(f"{self.sidecar_path}: entry for row {orphans[0]} but "
-                             f"{self.csv_path} has {len(self._rows)} data rows")
+        orphans = [e for e in self._entry_by_row.values() if e["row"] >= len(self._rows)]
+        if orphans:  # a writer was killed after the sidecar line, before the csv row
+            _LOG.warning("%s: %d entr%s for rows that never reached %s (a killed write); "
+                         "ignored, the trial will be recorded when it is retried",
+                         self.sidecar_path, len(orphans), "y" if len(orphans) == 1 else "ies",
+                         self.csv_path)
         self._check_columns()
         if csv_torn:
             truncate_torn(self.csv_path, self._csv_offset, self._csv_offset + csv_torn)
@@ -249,9 +251,20 @@ class EvolutionStore:
         return self._hyp_keys
 
     def entries(self) -> list[dict[str, Any]]:
-        """Latest sidecar entry per trial id (failed trials included)."""
+        """Latest committed sidecar entry per trial id (failed trials included)."""
         self.refresh()
-        return list(self._by_trial.values())
+        return [e for e in map(self._committed, self._by_trial.values()) if e is not None]
+
+    def _committed(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`entry` if its trial really was recorded: failed (no row) or owning its csv row.
+
+        An entry whose row never reached evolve.csv (writer killed between the sidecar and the
+        csv append), or whose row index was later taken by another trial, is not committed.
+        """
+        if entry is None or entry["row"] is None:
+            return entry
+        i = entry["row"]
+        return entry if i < len(self._rows) and self._entry_by_row.get(i) is entry else None
 
     def best_row(self) -> Row | None:
         """The eligible row of maximum fitness (None when there is none)."""
@@ -276,7 +289,7 @@ class EvolutionStore:
             entries: list[dict[str, Any]] = []
             seen: dict[str, int | None] = {}
             for rec in records:
-                done = self._by_trial.get(rec.trial_id)
+                done = self._committed(self._by_trial.get(rec.trial_id))
                 if rec.trial_id in seen:
                     out.append(seen[rec.trial_id])
                     continue
@@ -290,8 +303,10 @@ class EvolutionStore:
                 seen[rec.trial_id] = row
                 out.append(row)
                 entries.append(rec.sidecar_entry(row))
-            self._write_csv(csv_lines)  # csv first: a crash in between is reconciled on open
+            # Sidecar first: a kill in between leaves an entry whose row never reached
+            # evolve.csv; it is ignored (`_committed`), so a retry writes the trial once.
             self._append_sidecar(entries)
+            self._write_csv(csv_lines)
             self._consume_csv()
             self._consume_sidecar()
             if csv_lines:
