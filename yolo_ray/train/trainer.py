@@ -79,6 +79,10 @@ class Trainer:
         bundle = build_run_model(s, self.hyp, self.nc, self.names, resume=resume_state is not None)
         self.model_yaml, self.prune_plan = bundle.yaml, bundle.prune_plan
         self.model = bundle.model.to(self.device)
+        # NHWC convolutions are faster on CPU (bench/train_throughput.py); same math.
+        self.channels_last = s.channels_last and self.device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if resume_state is not None:  # before freezing, so a fused frozen prefix sees these
             self.model.load_state_dict(resume_state.get("train_state", resume_state)["model"])
         self.grid = max(int(self.model.stride.max()), 32)
@@ -225,7 +229,7 @@ class Trainer:
             accumulate=self.accumulate, last_opt_step=self.last_opt_step, imgsz=s.imgsz,
             grid=self.grid, amp=self.amp, multi_scale=s.multi_scale, rng=self.rng,
             after_step=self.mask_keeper.apply if self.mask_keeper else None,
-            progress=s.progress)
+            progress=s.progress, channels_last=self.channels_last)
 
     def validate(self, model: torch.nn.Module | None = None) -> ValResult:
         """Validate the EMA model (or `model`) on the val set with YOLOv5's thresholds."""
