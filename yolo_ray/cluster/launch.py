@@ -140,9 +140,16 @@ def connect(request: EvolveRequest) -> bool:
                               "runtime_env": {"env_vars": env}}
     if request.address:
         ray.init(address=request.address, **common)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if request.storage is None and len(nodes) > 1:
+            ray.shutdown()
+            raise ConfigError(
+                f"--address {request.address}: the cluster has {len(nodes)} nodes but no "
+                "--storage was given; trial checkpoints must reach every node, so pass a "
+                "shared --storage (s3://…, gs://… or a path mounted on every node)")
         if request.storage is None:
-            LOGGER.warning("evolve: joined a cluster without --storage: trial results must "
-                           f"reach {request.run_dir} on this machine (use a shared --storage)")
+            LOGGER.warning("evolve: joined a cluster without --storage: fine while it has one "
+                           "node; pass a shared --storage before adding workers")
     else:
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **common)
     return True
