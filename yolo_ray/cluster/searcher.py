@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,14 +125,15 @@ class EvolveSearcher(Searcher):
         self.flush_failures()  # their trials' errors are gone with the old driver
 
     def save(self, checkpoint_path: str) -> None:
-        """Pickle the state (Tune writes searcher-state-*.pkl with this)."""
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        """Write the state as JSON (Tune names the file searcher-state-*.pkl; no pickle is
+        used, so restoring a run folder cannot execute code from it)."""
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         """Load a state written by `save`."""
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        with open(checkpoint_path, encoding="utf-8") as f:
+            self.set_state(json.load(f))
 
     # ------------------------------------------------------------------ helpers
     def _in_flight(self) -> list[str]:

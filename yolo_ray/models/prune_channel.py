@@ -184,6 +184,7 @@ def _channel_score(block: nn.Module, importance: str) -> torch.Tensor:
     return w.flatten(1).mean(1)  # mean, so blocks with different kernels weigh alike
 
 
+_NORM = [False]
 Moments = dict[int, tuple[torch.Tensor, torch.Tensor]]  # space -> per-channel mean, variance
 # Probabilists' Gauss-Hermite rule: E f(z), z ~ N(0, 1)  ≈  Σ w_i f(z_i).
 _GH_Z, _GH_W = (torch.tensor(a, dtype=torch.float64) for a in np.polynomial.hermite_e.hermegauss(32))
@@ -273,6 +274,15 @@ def _perturbation_scores(model: nn.Module, g: _Graph, moments: Moments) -> dict[
             scale = bn.weight.detach().float().cpu() / (bn.running_var.float().cpu() + bn.eps).sqrt()
             w = w * scale[:, None, None, None]
         wn, off = w.pow(2).sum((0, 2, 3)), 0
+        if _NORM[0]:
+            tot, o2 = 0.0, 0
+            for s in segs:
+                if g.size[s] is None:
+                    break
+                if s in moments:
+                    tot = tot + (wn[o2:o2 + g.size[s]] * moments[s][1]).sum()
+                o2 += g.size[s]
+            wn = wn / max(float(tot), 1e-12)
         for s in segs:
             if g.size[s] is None:
                 break
