@@ -71,6 +71,8 @@ def test_data_yaml_relative_path_and_names(tmp_path: Path) -> None:
     ("path: missing_root\ntrain: images\nval: images\nnames: [a]\n", "dataset root 'path' does not exist"),
     ("train: images\nval: images\nnames: {0: a, 2: b}\n", "'names' keys must be the class ids"),
     ("train: images\nval: images\nnames: [a, b]\nnc: 3\n", "nc is 3 but 2 names"),
+    ("train: []\nval: images\nnames: [a]\n", "key 'train' is an empty list"),
+    ("train: images\nval: images\nnames: []\n", "'names' is empty"),
 ])
 def test_bad_data_yaml(tmp_path: Path, body: str, message: str) -> None:
     p = _data_yaml(tmp_path, body)
@@ -90,3 +92,37 @@ def test_model_short_names_and_errors() -> None:
     assert load_model_yaml("yolov5n.yaml")["width_multiple"] == 0.25
     with pytest.raises(ConfigError, match="model config not found: yolov5q"):
         resolve_model_cfg("yolov5q")
+
+
+def _yaml_values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True),
+                        st.text(max_size=8), st.sampled_from([".", "images", "missing", "/"]))
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.integers(0, 3), st.text(max_size=5)),
+                                                     inner, max_size=3)), max_leaves=6)
+
+
+def test_fuzz_data_yaml_only_clear_errors(tmp_path: Path) -> None:
+    """Any mapping in a data yaml either loads or raises ConfigError (never a deep traceback)."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    keys = st.sampled_from(["path", "train", "val", "test", "names", "nc", "download", "x"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(keys, _yaml_values(), max_size=6))
+    def check(doc: dict) -> None:
+        p = tmp_path / "fuzz.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        try:
+            cfg = load_data_config(p)
+        except ConfigError as e:
+            assert str(p) in str(e) or "not found" in str(e)
+        else:
+            assert cfg.nc == len(cfg.names) > 0 and cfg.train and cfg.val
+
+    check()

@@ -69,6 +69,8 @@ def load_model_yaml(cfg: str | Path) -> dict:
 
 def _as_paths(value: Any, root: Path, key: str, source: Path) -> tuple[Path, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise ConfigError(f"{source}: key {key!r} is an empty list; give at least one path")
     out = []
     for item in items:
         if not isinstance(item, str) or not item:
