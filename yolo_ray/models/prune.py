@@ -211,7 +211,7 @@ class PruneResult:
 
 
 def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks: bool = False,
-                importance: str = "perturb", imgsz: int | None = 640,
+                importance: str = "l1", imgsz: int | None = 640,
                 calib: Any = None) -> PruneResult:
     """Plan and apply pruning in one call; `model` itself is not modified.
 
@@ -219,7 +219,7 @@ def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks:
         keep_masks: for 'l1'/'global-l1' fine-tuning (`--prune-at start`): the result carries
             a `MaskKeeper` bound to the new model; call `mask_keeper.apply()` after every
             optimizer step. Channel pruning needs no masks (removed channels cannot regrow).
-        importance: channel ranking, see `plan_channel_prune` ('perturb' needs no data).
+        importance: channel ranking, see `plan_channel_prune` ('activation' needs `calib`).
         imgsz: image size for the GFLOPs in the reports (None: skip).
         calib: for 'channel': calibration images (N, 3, H, W) in [0, 1] (or an iterable of
             batches) for importance 'activation' and for the removed channels' mean values.
