@@ -25,6 +25,7 @@ class ModelEMA:
         self.decay_max = decay
         self.tau = tau
         self._pairs: tuple[list[torch.Tensor], list[str]] | None = None
+        self._sources: tuple[int, list[torch.Tensor]] | None = None
         self._frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
 
     def decay(self) -> float:
@@ -44,11 +45,18 @@ class ModelEMA:
         self.updates += 1
         weight = 1.0 - self.decay()
         targets, keys = self._targets()
-        msd = model.state_dict()
-        sources = [msd[k].detach() for k in keys]
+        sources = self._source_tensors(model, keys)
         if sources and sources[0].dtype != targets[0].dtype:
             sources = [s.to(t.dtype) for s, t in zip(sources, targets)]
         torch._foreach_lerp_(targets, sources, weight)
+
+    def _source_tensors(self, model: nn.Module, keys: list[str]) -> list[torch.Tensor]:
+        # The model's tensors are stable objects (updated in place), so build the list once
+        # per model instead of a state_dict per update.
+        if self._sources is None or self._sources[0] != id(model):
+            msd = model.state_dict(keep_vars=True)
+            self._sources = (id(model), [msd[k].detach() for k in keys])
+        return self._sources[1]
 
     def state_dict(self) -> dict:
         """EMA weights plus the update counter, for exact resumption."""
@@ -59,3 +67,4 @@ class ModelEMA:
         self.ema.load_state_dict(state["model"])
         self.updates = int(state["updates"])
         self._pairs = None
+        self._sources = None
