@@ -139,7 +139,14 @@ def connect(request: EvolveRequest) -> bool:
                               "logging_level": logging.WARNING if quiet else logging.INFO,
                               "runtime_env": {"env_vars": env}}
     if request.address:
-        ray.init(address=request.address, **common)
+        try:
+            ray.init(address=request.address, **common)
+        except (ConnectionError, RuntimeError) as e:  # incl. Ray's AuthenticationError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"--address {request.address}: cannot join the Ray cluster: {first} "
+                "(is `ray start --head` running there, and for token authentication is "
+                "RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token?)") from None
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if request.storage is None and len(nodes) > 1:
             ray.shutdown()
