@@ -29,3 +29,17 @@ def test_multinode_without_shared_storage_is_refused(tmp_path, synthetic_data, t
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+def test_unreachable_address_fails_fast(tmp_path, synthetic_data, tiny_model_yaml, capsys) -> None:
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["evolve", "--strategy", "classic", "--address", f"127.0.0.1:{port}",
+               "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml), "--img", "64",
+               "--epochs", "1", "--generations", "1", "--project", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--address 127.0.0.1:{port}: nothing answers there" in err
+    assert not list(tmp_path.iterdir())  # no run folder left behind

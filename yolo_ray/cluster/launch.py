@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def check_inputs(request: EvolveRequest) -> None:
         raise ConfigError("evolve needs --cfg or --weights (the start every trial trains from)")
     if request.seed_csv:
         read_evolve_csv(request.seed_csv)  # StoreError naming a malformed line, nothing written
+    if request.address:
+        _check_reachable(request.address)  # before a run folder is created
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def connect(request: EvolveRequest) -> bool:
                               "logging_level": logging.WARNING if quiet else logging.INFO,
                               "runtime_env": {"env_vars": env}}
     if request.address:
+        _check_reachable(request.address)
         try:
             ray.init(address=request.address, **common)
         except (ConnectionError, RuntimeError) as e:  # incl. Ray's AuthenticationError
@@ -160,6 +164,19 @@ def connect(request: EvolveRequest) -> bool:
     else:
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **common)
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on HOST:PORT nothing listens on (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if address in ("auto", "local") or "://" in address or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: nothing answers there ({e.strerror or e}); "
+                          "start the head with `ray start --head --port PORT` or use "
+                          "--address auto on the head node") from None
 
 
 def resolve_resources(request: EvolveRequest, cluster: dict[str, float]) -> EvolveRequest:
