@@ -39,7 +39,7 @@ def test_unreachable_address_fails_fast(tmp_path, synthetic_data, tiny_model_yam
         port = s.getsockname()[1]
     rc = main(["evolve", "--strategy", "classic", "--address", f"127.0.0.1:{port}",
                "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml), "--img", "64",
-               "--epochs", "1", "--generations", "1", "--project", str(tmp_path)])
+               "--epochs", "1", "--generations", "1", "--project", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and f"--address 127.0.0.1:{port}: nothing answers there" in err
-    assert not list(tmp_path.iterdir())  # no run folder left behind
+    assert not (tmp_path / "runs").exists()  # no run folder left behind
