@@ -83,6 +83,9 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
     r.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     r.add_argument("--storage", default=None, help="shared Tune storage (s3://…, NFS path)")
+    r.add_argument("--data-on-nodes", action="store_true",
+                   help="with --address: data and weights already exist at the same absolute "
+                        "path on every node (default: ship them from the driver)")
     r.add_argument("--device", dest="device_policy", default="auto", choices=("auto", "cpu"),
                    help="auto: a trial given a GPU uses it; cpu: never touch a GPU")
     r.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
@@ -132,6 +135,7 @@ def request_from_args(a: argparse.Namespace):
         evolve_prune=tuple(a.evolve_prune) if a.evolve_prune else None,
         gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial,
         max_concurrent=a.max_concurrent, address=a.address, storage=_storage(a.storage),
+        ship_data=_ship(a, False),
         max_failures=a.max_failures, early_stop=a.early_stop, seed_csv=_abs(a.seed_csv),
         device_policy=a.device_policy, tensorboard=a.tensorboard, verbose=a.verbose,
     )
@@ -149,7 +153,12 @@ def resume_request(a: argparse.Namespace):
         raise ConfigError(f"--resume {a.resume}: {run_dir} is a {request.strategy!r} run; "
                           f"it cannot be resumed with --strategy {a.strategy}")
     return request.replace(resume=True, address=a.address or request.address,
-                           verbose=a.verbose)
+                           verbose=a.verbose, ship_data=_ship(a, request.ship_data))
+
+
+def _ship(a: argparse.Namespace, saved: bool) -> bool:
+    """Ship data to the nodes when joining a cluster (--address) unless --data-on-nodes."""
+    return not a.data_on_nodes and (saved or bool(a.address))
 
 
 @command("evolve", EVOLVE_HELP)

@@ -119,7 +119,7 @@ def resumed_request(request: EvolveRequest) -> EvolveRequest:
         raise ConfigError(f"--resume: {request.run_dir} was made with --strategy "
                           f"{saved.strategy}, not pbt")
     return saved.replace(resume=True, address=request.address or saved.address,
-                         verbose=request.verbose)
+                         verbose=request.verbose, ship_data=request.ship_data)
 
 
 def open_run(request: EvolveRequest, plan: PBTPlan) -> EvolutionStore:
@@ -142,9 +142,12 @@ def build_trainable(request: EvolveRequest) -> Any:
     from ray import tune
 
     from .pbt_trainable import PBTTrainable
+    from .shipping import shipped_for
 
-    return tune.with_resources(PBTTrainable, {"cpu": request.threads,
-                                              "gpu": float(request.gpus_per_trial or 0.0)})
+    shipped = shipped_for(request)  # with_parameters: one object-store copy, fetched per node
+    cls = tune.with_parameters(PBTTrainable, data_blob=shipped) if shipped else PBTTrainable
+    return tune.with_resources(cls, {"cpu": request.threads,
+                                     "gpu": float(request.gpus_per_trial or 0.0)})
 
 
 def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, hyp: Hyp,

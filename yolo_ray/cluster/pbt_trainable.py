@@ -67,7 +67,7 @@ class PBTTrainable(tune.Trainable):
     optimizer and epoch, and the member's current hyps are applied on top.
     """
 
-    def setup(self, config: dict[str, Any]) -> None:
+    def setup(self, config: dict[str, Any], data_blob: Any = None) -> None:
         import ray
 
         in_ray = ray.is_initialized()  # False when built by hand (tests, debugging)
@@ -78,6 +78,7 @@ class PBTTrainable(tune.Trainable):
         self._gpu_ids = gpu_ids
         self._node = ray.util.get_node_ip_address() if in_ray else "local"
         self._pending: dict[str, Any] | None = None
+        self._shipped = data_blob  # shipping.ShippedData: extracted once per node
         self._build(config)
 
     def _build(self, config: Mapping[str, Any]) -> None:
@@ -85,7 +86,9 @@ class PBTTrainable(tune.Trainable):
 
         from ..train.trainer import Trainer
 
-        settings = settings_of(config)
+        from .shipping import localize
+
+        settings = localize(settings_of(config), self._shipped)
         device = trial_device(self._gpu_ids, self._policy, torch.cuda.is_available())
         self.member = int(config.get(MEMBER_KEY, 0))
         self.interval = max(1, int(config.get(INTERVAL_KEY, 1)))

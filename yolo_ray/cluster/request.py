@@ -56,6 +56,7 @@ class EvolveRequest:
     max_concurrent: int = 0              # 0 = derived from the cluster's GPUs / CPUs
     address: str | None = None           # None = embedded local Ray; "auto" / HOST:PORT
     storage: str | None = None           # Tune storage path/URI; None = the run folder
+    ship_data: bool = False              # pack data + weights on the driver, extract per node
     max_failures: int = 1                # retries per trial before it is recorded failed
     early_stop: str = "none"             # none | asha
     resume: bool = False

@@ -60,11 +60,12 @@ def result_values(result: Mapping[str, Any]) -> list[float] | None:
         return None
 
 
-def evolve_trial(config: dict[str, Any], request: EvolveRequest) -> None:
+def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any = None) -> None:
     """Train one suggested hyp set for `request.epochs`; report every epoch, then `final`.
 
     The last report carries `final=True`: a trial whose last result lacks it was stopped
     early (ASHA). Exceptions (non-finite loss, OOM) propagate so Tune retries the trial.
+    `data_blob` (a shipping.ShippedData) is extracted once per node and trained from.
     """
     import ray
     from ray import tune
@@ -76,11 +77,13 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest) -> None:
 
     from ..config.schema import Hyp
     from ..train.trainer import Trainer
+    from .shipping import localize
 
     settings = request.trial_settings(config.get("extras"), gpu_ids, seed=config["seed"],
                                       cuda_available=torch.cuda.is_available())
+    settings = localize(settings, data_blob)
     info = {"node": ray.util.get_node_ip_address(), "device": settings.device,
-            "t_trial_start": t_start}
+            "t_trial_start": t_start, "data": settings.data}
     records: list[Any] = []
 
     def report_epoch(record: Any) -> None:

@@ -56,8 +56,13 @@ def build_scheduler(request: EvolveRequest) -> Any:
 
 def build_trainable(request: EvolveRequest) -> Any:
     """`evolve_trial` with the resolved request in Ray's object store and its resources."""
+    from .shipping import shipped_for
+
     resources = {"cpu": request.threads, "gpu": float(request.gpus_per_trial or 0.0)}
-    return tune.with_resources(tune.with_parameters(evolve_trial, request=request), resources)
+    shipped = shipped_for(request)  # with_parameters: one object-store copy, fetched per node
+    extra = {"data_blob": shipped} if shipped is not None else {}
+    return tune.with_resources(tune.with_parameters(evolve_trial, request=request, **extra),
+                               resources)
 
 
 def can_restore(experiment_path: str) -> bool:
