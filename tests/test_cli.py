@@ -47,6 +47,19 @@ def test_train_then_resume_then_val(tmp_path, synthetic_data, tiny_model_yaml, c
     out = capsys.readouterr().out
     assert re.search(r"Class\s+Images\s+Instances\s+P\s+R\s+mAP50\s+mAP50-95", out)
     assert re.search(r"^\s+all\s+8\s+\d+", out, re.M) and "Speed:" in out
+    # the pruning guide in one command; the input checkpoint is left untouched
+    best = run / "weights" / "best.pt"
+    before = best.read_bytes()
+    assert main(["prune", "--weights", str(best), "--data", str(synthetic_data), "--img", "64",
+                 "--amount", "0.3", "--method", "channel", "--workers", "0",
+                 "--project", str(tmp_path / "prune")]) == 0
+    table = capsys.readouterr().out
+    params = [int(x.replace(",", "")) for x in re.findall(r"^\s+(?:baseline|channel 0.3)\s+([\d,]+)",
+                                                          table, re.M)]
+    assert len(params) == 2 and params[1] < params[0] and best.read_bytes() == before
+    pruned = tmp_path / "prune" / "exp" / "pruned.pt"
+    assert main(["val", "--weights", str(pruned), "--data", str(synthetic_data), "--img", "64",
+                 "--workers", "0"]) == 0  # the smaller architecture is rebuilt from its plan
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -12,7 +12,7 @@ from ..config.load import load_hyp
 from ..config.schema import TrainSettings
 from ..models.prune import check_prune_args, prune_model, sparsity_report
 from .checkpoint import half_state_dict, save_checkpoint
-from .val_run import ValRequest, run_val
+from .val_run import ValRequest, load_model_for_inference, run_val
 
 LOGGER = logging.getLogger("yolo_ray")
 
@@ -56,12 +56,10 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     check_prune_args(req.amount, req.method)
     base = run_val(req.val)
     rows = [_row("baseline", base.model, base, req.val.imgsz)]
-    from .val_run import load_model_for_inference
-
     model = load_model_for_inference(req.val.weights, req.val.cfg)
     result = prune_model(model, req.amount, req.method, imgsz=req.val.imgsz)
     LOGGER.info(f"Pruned ({req.method}, {req.amount}): {result.summary()}")
-    meta_yaml = _yaml_of(req.val.weights)
+    meta_yaml = dict(model.yaml)  # the architecture actually built (no second unpickling)
     payload = {"model": half_state_dict(result.model.state_dict()), "yaml": meta_yaml,
                "nc": int(result.model.nc), "names": list(getattr(model, "names", [])),
                "prune_plan": result.plan, "prune": {"amount": req.amount, "method": req.method},
@@ -75,12 +73,6 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
         rows.append(_row(f"{req.method} {req.amount:g} + {req.finetune_epochs} ep fine-tune",
                          tuned.model, tuned, req.val.imgsz))
     return rows
-
-
-def _yaml_of(weights: str) -> dict:
-    from ..models.weights import load_weights
-
-    return dict(load_weights(weights)[1].get("yaml") or {})
 
 
 def _finetune(req: PruneRequest, pruned_path: Path) -> Path:
