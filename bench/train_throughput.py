@@ -1,6 +1,7 @@
 """Training images/s of yolo-ray's real step vs the raw forward+backward ceiling, one run.
 
 Usage: python bench/train_throughput.py [--cfg yolov5n] [--img 160] [--batch 16] [--threads 2]
+       python bench/train_throughput.py --matrix [--cfgs yolov5n yolov5s] [--freeze 0 10 24]
 
 "raw" = model(x) on random tensors, sum of outputs, backward (no data, no loss, no optimizer);
 "ours" = Trainer's train_one_epoch with the RAM-cached, augmented loader, ComputeLoss, SGD with
@@ -59,11 +60,35 @@ def ours(trainer: Trainer, batches: int) -> float:
 
 
 def build(cfg: str, data: Path, img: int, batch: int, threads: int, workers: int,
-          channels_last: bool) -> Trainer:
+          channels_last: bool, freeze: int = 0) -> Trainer:
     settings = TrainSettings(data=str(data), cfg=cfg, epochs=10, batch_size=batch, imgsz=img,
                              workers=workers, device="cpu", threads=threads, cache="ram",
-                             progress=False, tensorboard=False, channels_last=channels_last)
+                             progress=False, tensorboard=False, channels_last=channels_last,
+                             freeze=(freeze,))
     return Trainer(settings, load_hyp(), write_files=False).setup()
+
+
+def matrix(a: argparse.Namespace, data: Path) -> list[str]:
+    """Default step (channels-last, workers 0) vs the raw ceiling of the same frozen model.
+
+    The raw ceiling runs the model exactly as the trainer holds it (frozen prefix without
+    autograd, folded BN), so the ratio isolates what the step adds: data, loss, optimizer, EMA.
+    """
+    lines = ["| model | freeze | raw fwd+bwd img/s | ours img/s | ours / raw | ours × freeze 0 |",
+             "|---|---|---|---|---|---|"]
+    steps = max(a.images // a.batch, 1)
+    for cfg in a.cfgs:
+        base = None
+        for f in a.freeze:
+            trainer = build(cfg, data, a.img, a.batch, a.threads, 0, True, f)
+            raw, real = [], []
+            for _ in range(a.repeats):  # interleaved, so load drift hits both alike
+                raw.append(raw_ceiling(trainer.model, a.batch, a.img, steps, True))
+                real.append(ours(trainer, steps))
+            r, o = statistics.median(raw), statistics.median(real)
+            base = base or o
+            lines.append(f"| {cfg} | {f} | {r:.1f} | {o:.1f} | {o / r:.3f} | {o / base:.2f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=128, help="synthetic training images")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--matrix", action="store_true",
+                   help="the default step vs its raw ceiling for --cfgs x --freeze")
+    p.add_argument("--cfgs", nargs="+", default=["yolov5n", "yolov5s"])
+    p.add_argument("--freeze", nargs="+", type=int, default=[0, 10, 24])
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic_dataset(Path(tmp) / "syn", n_train=a.images, n_val=8,
                                        imgsz=a.img, seed=0)
+        if a.matrix:
+            print(f"# img {a.img}, batch {a.batch}, threads {a.threads}, {a.images} images, "
+                  f"median of {a.repeats}, channels-last, workers 0")
+            print("\n".join(matrix(a, data)))
+            return 0
         rows = []
         plain_raw = None
         for label, cl, workers in (("NCHW (workers 0)", False, 0), ("NCHW (workers 1)", False, 1),
