@@ -271,3 +271,13 @@ def test_store_pickles_by_reopening(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.rows()
+
+
+def test_trial_rows_reports_committed_rows_and_failures_only(tmp_path: Path) -> None:
+    store = EvolutionStore(tmp_path, KEYS)
+    store.append(rec("a", 0.2))
+    store.append(rec("f", status="failed", reason="boom"))
+    other = EvolutionStore(tmp_path, KEYS)  # a second handle sees the other's appends
+    other.append(rec("b", 0.3))
+    assert store.trial_rows(["a", "b", "f", "missing"]) == {"a": 0, "b": 1, "f": None}
+    assert store.trial_rows([]) == {}

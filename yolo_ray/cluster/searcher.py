@@ -138,8 +138,8 @@ class EvolveSearcher(Searcher):
     # ------------------------------------------------------------------ helpers
     def _in_flight(self) -> list[str]:
         """Live trials without a row yet (a restored, already-recorded trial may re-run)."""
-        recorded = {str(e.get("trial_id")) for e in self.store.entries() if e.get("row") is not None}
-        return [t for t in self.live if t not in recorded]
+        rows = self.store.trial_rows(self.live)  # O(live): entries() per suggest was O(rows)
+        return [t for t in self.live if rows.get(t) is None]
 
     def _record_failure(self, trial_id: str, config: dict[str, Any], reason: str) -> None:
         self.failed += 1

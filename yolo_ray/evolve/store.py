@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class EvolutionStore:
         self._table: RowTable | None = None
         self._entry_by_row: dict[int, dict[str, Any]] = {}
         self._by_trial: dict[str, dict[str, Any]] = {}
+        # Tests only (cluster/faults.py): called as (point, row, path, bytes) before each
+        # write, so a kill, a torn write or a full disk can be staged at an exact point.
+        self.fault_hook: Any = None
         try:
             with self._locked(exclusive=True):
                 self._open_files()
@@ -255,6 +258,16 @@ class EvolutionStore:
         self.refresh()
         return [e for e in map(self._committed, self._by_trial.values()) if e is not None]
 
+    def trial_rows(self, trial_ids: Iterable[str]) -> dict[str, int | None]:
+        """Committed csv row (None: failed) per recorded trial id; O(ids), not O(entries)."""
+        self.refresh()
+        out: dict[str, int | None] = {}
+        for tid in trial_ids:
+            entry = self._committed(self._by_trial.get(str(tid)))
+            if entry is not None:
+                out[str(tid)] = entry["row"]
+        return out
+
     def _committed(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
         """`entry` if its trial really was recorded: failed (no row) or owning its csv row.
 
@@ -343,8 +356,11 @@ class EvolutionStore:
         if self._columns is None:  # new (or empty) file: header and rows in one write
             assert self._hyp_keys is not None
             header = format_header(RESULT_KEYS + self._hyp_keys)
+        data = (header + "".join(lines)).encode("utf-8")
         try:
-            append_durable(self.csv_path, (header + "".join(lines)).encode("utf-8"))
+            self._fault("store.csv", len(self._rows), self.csv_path, data)
+            append_durable(self.csv_path, data)
+            self._fault("store.after_csv", len(self._rows), self.csv_path, data)
         except OSError as e:
             raise StoreError(f"{self.csv_path}: cannot append: {e.strerror or e}") from None
 
@@ -353,6 +369,7 @@ class EvolutionStore:
             return
         text = "".join(json.dumps(e, default=json_scalar) + "\n" for e in entries)
         try:
+            self._fault("store.sidecar", entries[0]["row"], self.sidecar_path, text.encode())
             append_durable(self.sidecar_path, text.encode("utf-8"))
         except OSError as e:
             raise StoreError(f"{self.sidecar_path}: cannot append: {e.strerror or e}") from None
@@ -363,9 +380,14 @@ class EvolutionStore:
         if j is None:
             return
         try:
+            self._fault("store.yaml", j, self.yaml_path, b"")
             write_text_atomic(self.yaml_path, hyp_evolve_text(self._rows[j], len(self._rows)))
         except OSError as e:
             raise StoreError(f"{self.yaml_path}: cannot write: {e.strerror or e}") from None
+
+    def _fault(self, point: str, row: int | None, path: Path, data: bytes) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point, row, path, data)
 
     def seed_from_csv(self, path: str | Path, drop: Sequence[str] = ()) -> int:
         """Import every row of a (YOLOv5-made) evolve.csv; returns how many rows were added.
