@@ -8,6 +8,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from yolo_ray.cluster import shipping
@@ -61,6 +62,54 @@ def test_cache_hit_does_not_extract(tmp_path: Path, data_copy: Path, monkeypatch
     second = materialize(s.blob, s.digest, tmp_path / "c")
     assert first == second and first[1] is None and len(calls) == 1
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_shipped_label_caches_mean_no_rescan(tmp_path: Path, data_copy: Path,
+                                             monkeypatch) -> None:
+    """The node's label caches exist right after extraction and match the driver's scan."""
+    import yolo_ray.data.scan as scan_mod
+    from yolo_ray.data.files import default_cache_path
+    from yolo_ray.data.scan import scan_labels
+
+    orig = load_data_config(data_copy)
+    broken = list_image_files(orig.train)[3]
+    broken.write_bytes(b"not a jpeg")  # corrupt: dropped and counted, on both sides alike
+    driver = {split: scan_labels(list_image_files(getattr(orig, split)), orig.nc, log=str)
+              for split in ("train", "val")}
+    assert driver["train"].corrupt == 1
+    s = ship(data_copy)
+    data, _ = materialize(s.blob, s.digest, tmp_path / "cache")
+    copy = load_data_config(data)
+    caches = sorted(p.relative_to(data.parent) for p in data.parent.rglob("*.cache"))
+    assert caches == [Path("files/labels/train.cache"), Path("files/labels/val.cache")]
+
+    def no_rescan(*args, **kwargs):
+        raise AssertionError("a label file was verified again on the node")
+
+    monkeypatch.setattr(scan_mod, "verify_image_label", no_rescan)
+    lines: list[str] = []
+    for split, want in driver.items():
+        files = list_image_files(getattr(copy, split))
+        got = scan_labels(files, copy.nc, default_cache_path(files), log=lines.append)
+        assert got.from_cache
+        assert [p.relative_to(data.parent / "files") for p in got.images] == \
+            [p.relative_to(data_copy.parent) for p in want.images]
+        assert all(np.array_equal(a, b) for a, b in zip(got.labels, want.labels, strict=True))
+        assert np.array_equal(got.shapes, want.shapes)
+        assert (got.found, got.missing, got.empty, got.corrupt) == \
+            (want.found, want.missing, want.empty, want.corrupt)
+    train_dir = data.parent / "files" / "labels" / "train"
+    assert lines[-2] == (f"Scanning {train_dir}... {len(driver['train'].images)} images, "
+                         f"{driver['train'].backgrounds} backgrounds, 1 corrupt (cached)")
+
+
+def test_label_caches_do_not_break_determinism(data_copy: Path) -> None:
+    """The first pack builds the driver's cache, the second reads it: same bytes."""
+    from yolo_ray.data.files import default_cache_path
+
+    train = list_image_files(load_data_config(data_copy).train)
+    default_cache_path(train).unlink(missing_ok=True)
+    assert pack_dataset(data_copy) == pack_dataset(data_copy)
 
 
 def test_label_change_changes_hash(data_copy: Path) -> None:
@@ -144,3 +193,5 @@ def test_trial_trains_from_the_shipped_copy(tmp_path: Path, data_copy: Path,
             for line in f.read_text().splitlines() if line.strip()]
     assert used and all(u.startswith(str(cache)) for u in used)
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+    copy = next(p for p in cache.iterdir() if p.is_dir())
+    assert (copy / "files" / "labels" / "train.cache").is_file()  # shipped, not rebuilt
