@@ -16,6 +16,9 @@ YOLOV5N_PT = SHARED / "weights" / "yolov5n.pt"
 # Tests run on 2 cores: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ray.init() without an address joins any `ray start` cluster found on this machine (its
+# /tmp/ray/ray_current_cluster file): tests always start their own local Ray instead.
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 TINY_MODEL_YAML = """\
 # yolov5 layout at width 0.05 / depth 0.33: the same 25 layers, a few thousand parameters
