@@ -58,6 +58,7 @@ class EvolveRequest:
     storage: str | None = None           # Tune storage path/URI; None = the run folder
     ship_data: bool = False              # pack data + weights on the driver, extract per node
     max_failures: int = 1                # retries per trial before it is recorded failed
+    reuse_actors: bool = True            # classic: a finished trial's worker runs the next one
     early_stop: str = "none"             # none | asha
     resume: bool = False
     seed_csv: str | None = None          # YOLOv5-made evolve.csv to seed the store with

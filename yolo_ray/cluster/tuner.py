@@ -106,7 +106,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest) -> tune.T
         param_space={},  # the searcher owns the space; constants only here
         tune_config=tune.TuneConfig(
             search_alg=limiter, scheduler=build_scheduler(request), num_samples=-1,
-            reuse_actors=True, trial_name_creator=trial_name,
+            reuse_actors=request.reuse_actors, trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=request.experiment_name, storage_path=request.storage_path,
