@@ -15,7 +15,8 @@ from yolo_ray.models.freeze import apply_freeze
 from yolo_ray.models.prune import (ChannelPlan, apply_channel_plan, apply_masks, conv_gflops,
                                    plan_channel_prune, plan_unstructured, prune_model,
                                    rebuild_from_plan, sparsity_report)
-from yolo_ray.models.prune_channel import _apply_inplace, _build_graph
+from yolo_ray.models.prune_graph import build_graph
+from yolo_ray.models.prune_surgery import _apply_inplace
 from yolo_ray.models.yolo import build_model
 
 
@@ -250,7 +251,7 @@ def trained_like(base_model):
 
 
 def _group_of(model, path):
-    g = _build_graph(model)
+    g = build_graph(model)
     return next(ps for ps in g.producers.values() if path in ps)
 
 
@@ -317,7 +318,7 @@ def test_channel_importances_and_scopes(base_model, importance):
     layer = plan_channel_prune(base_model, 0.25, importance, calib=calib, scope="layer")
     assert len(layer.keep["model.0"]) == total - round(0.25 * total)
     glob = plan_channel_prune(base_model, 0.25, importance, calib=calib)
-    firsts = [ps[0] for ps in _build_graph(base_model).producers.values() if ps]
+    firsts = [ps[0] for ps in build_graph(base_model).producers.values() if ps]
 
     def removed(plan):  # channels removed per coupled group
         return [base_model.get_submodule(p).bn.num_features - len(plan.keep[p])

@@ -1,6 +1,7 @@
 """Pruning: YOLOv5's per-layer L1, a global-L1 variant and structured channel pruning.
 
-The channel half (groups, importance, plans) lives in `prune_channel` and is re-exported here.
+The channel half lives in `prune_graph` (coupling groups), `prune_stats` (scores),
+`prune_channel` (plans) and `prune_surgery` (applying them); its API is re-exported here.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .freeze import is_fused
-from .prune_channel import (IMPORTANCE, PLAN_FORMAT, ChannelPlan, apply_channel_plan,
-                            plan_channel_prune, rebuild_from_plan)
+from .prune_channel import IMPORTANCE, PLAN_FORMAT, ChannelPlan, plan_channel_prune
+from .prune_surgery import apply_channel_plan, rebuild_from_plan
 
 __all__ = ["IMPORTANCE", "METHODS", "PLAN_FORMAT", "ChannelPlan", "MaskKeeper", "PruneResult",
            "SparsityReport", "apply_channel_plan", "apply_masks", "check_prune_args",
