@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from . import args_for, command
@@ -14,7 +15,13 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data yaml for validation / fine-tuning")
     p.add_argument("--amount", type=float, default=0.3, help="fraction to prune, 0 <= a < 1")
     p.add_argument("--method", default="l1", choices=("l1", "global-l1", "channel"))
-    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="fine-tune epochs after pruning (after every step with --steps)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="channel: reach --amount in this many prune + fine-tune steps")
+    p.add_argument("--scope", default="global", choices=("global", "layer"),
+                   help="channel: remove the least important channels network-wide (global) "
+                        "or the same fraction of every layer (layer)")
     p.add_argument("--hyp", default=None, help="hyp yaml for fine-tuning")
     p.add_argument("--img", dest="imgsz", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=16)
@@ -26,17 +33,18 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 @command("prune", "prune a checkpoint (l1 / global-l1 / channel) and compare before/after")
 def prune_cmd(a: argparse.Namespace) -> int:
-    from ..models.prune import check_prune_args
     from ..train.assemble import increment_path
-    from ..train.prune_run import PruneRequest, format_prune_table, run_prune
+    from ..train.prune_run import (PruneRequest, check_prune_request, format_prune_table,
+                                   run_prune)
     from ..train.val_run import ValRequest
 
-    check_prune_args(a.amount, a.method)  # before any work or any file is written
-    out = increment_path(Path(a.project) / a.name, exist_ok=False)
     val = ValRequest(weights=a.weights, data=a.data, imgsz=a.imgsz, batch_size=a.batch_size * 2,
                      device=a.device, workers=a.workers)
-    rows = run_prune(PruneRequest(val, a.amount, a.method, out, a.finetune_epochs, a.hyp,
-                                  a.batch_size, a.workers))
+    req = PruneRequest(val, a.amount, a.method, Path(a.project) / a.name, a.finetune_epochs,
+                       a.hyp, a.batch_size, a.workers, a.steps, a.scope)
+    check_prune_request(req)  # before any work or any file is written
+    req = replace(req, out=increment_path(req.out, exist_ok=False))
+    rows = run_prune(req)
     print(format_prune_table(rows))
-    print(f"Pruned checkpoint: {out / 'pruned.pt'}")
+    print(f"Pruned checkpoint: {req.out / 'pruned.pt'}")
     return 0

@@ -15,13 +15,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .freeze import is_fused
-from .prune_channel import IMPORTANCE, PLAN_FORMAT, ChannelPlan, plan_channel_prune
+from .prune_channel import IMPORTANCE, PLAN_FORMAT, ChannelPlan, plan_channel_prune, step_ratios
 from .prune_surgery import apply_channel_plan, rebuild_from_plan
 
 __all__ = ["IMPORTANCE", "METHODS", "PLAN_FORMAT", "ChannelPlan", "MaskKeeper", "PruneResult",
            "SparsityReport", "apply_channel_plan", "apply_masks", "check_prune_args",
            "conv_gflops", "plan_channel_prune", "plan_unstructured", "prune_model",
-           "rebuild_from_plan", "sparsity_report"]
+           "rebuild_from_plan", "sparsity_report", "step_ratios"]
 
 METHODS = ("l1", "global-l1", "channel")
 
@@ -213,7 +213,7 @@ class PruneResult:
 
 def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks: bool = False,
                 importance: str = "l1", imgsz: int | None = 640,
-                calib: Any = None) -> PruneResult:
+                calib: Any = None, scope: str = "global") -> PruneResult:
     """Plan and apply pruning in one call; `model` itself is not modified.
 
     Args:
@@ -222,13 +222,15 @@ def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks:
             optimizer step. Channel pruning needs no masks (removed channels cannot regrow).
         importance: channel ranking, see `plan_channel_prune` ('activation' needs `calib`).
         imgsz: image size for the GFLOPs in the reports (None: skip).
+        scope: for 'channel': 'global' (lowest importance network-wide) or 'layer' (every
+            group loses `amount` of its channels), see `plan_channel_prune`.
         calib: for 'channel': calibration images (N, 3, H, W) in [0, 1] (or an iterable of
             batches) for importance 'activation' and for the removed channels' mean values.
     """
     check_prune_args(amount, method)
     before = sparsity_report(model, imgsz)
     if method == "channel":
-        plan = plan_channel_prune(model, amount, importance, calib=calib)
+        plan = plan_channel_prune(model, amount, importance, calib=calib, scope=scope)
         new = apply_channel_plan(model, plan, calib=calib)
         return PruneResult(new, before, sparsity_report(new, imgsz), method, amount,
                            plan=new.channel_plan.as_dict())

@@ -127,3 +127,14 @@ def plan_channel_prune(model: nn.Module, amount: float, importance: str = "l1",
         idx = tuple(sorted(torch.argsort(score, descending=True, stable=True)[:n].tolist()))
         keep.update({p: idx for p in g.producers[root]})
     return ChannelPlan(keep, float(amount), importance)
+
+
+def step_ratios(amount: float, steps: int) -> list[float]:
+    """Per-step fractions for gradual pruning: step k removes r_k of the channels left, so
+    that after k steps amount·k/steps of the original channels are gone (pure)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps must be a positive integer, got {steps!r}")
+    if not isinstance(amount, (int, float)) or not 0.0 <= float(amount) < 1.0:
+        raise ConfigError(f"--prune amount must be in [0, 1), got {amount!r}")
+    gone = [amount * k / steps for k in range(steps + 1)]
+    return [(gone[k] - gone[k - 1]) / (1 - gone[k - 1]) for k in range(1, steps + 1)]

@@ -20,7 +20,8 @@ def channel_score(block: nn.Module, importance: str) -> torch.Tensor:
 
 Moments = dict[int, tuple[torch.Tensor, torch.Tensor]]  # space -> per-channel mean, variance
 # Probabilists' Gauss-Hermite rule: E f(z), z ~ N(0, 1)  ≈  Σ w_i f(z_i).
-_GH_Z, _GH_W = (torch.tensor(a, dtype=torch.float64) for a in np.polynomial.hermite_e.hermegauss(32))
+_GH_Z, _GH_W = (torch.tensor(a, dtype=torch.float64)
+                for a in np.polynomial.hermite_e.hermegauss(32))
 _GH_W = _GH_W / _GH_W.sum()
 
 
@@ -93,7 +94,8 @@ def channel_moments(model: nn.Module, g: ChannelGraph, calib: Any = None) -> Mom
 
 
 @torch.no_grad()
-def perturbation_scores(model: nn.Module, g: ChannelGraph, moments: Moments) -> dict[int, torch.Tensor]:
+def perturbation_scores(model: nn.Module, g: ChannelGraph,
+                        moments: Moments) -> dict[int, torch.Tensor]:
     """Per group root: Σ over consumers of the share of the consumer's output signal that
     removing each channel (replaced by its mean) destroys: Var(x_c)·‖W[:, c]‖² (after the
     consumer's BN scaling γ/σ) over the same summed over all its input channels. Shares are
@@ -105,7 +107,8 @@ def perturbation_scores(model: nn.Module, g: ChannelGraph, moments: Moments) -> 
         block = model.get_submodule(path.rpartition(".")[0]) if path.endswith(".conv") else None
         bn = getattr(block, "bn", None)
         if isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None:
-            scale = bn.weight.detach().float().cpu() / (bn.running_var.float().cpu() + bn.eps).sqrt()
+            rv = bn.running_var.float().cpu()
+            scale = bn.weight.detach().float().cpu() / (rv + bn.eps).sqrt()
             w = w * scale[:, None, None, None]
         if any(g.size[s] is None for s in segs):
             continue  # locked: offsets unknown

@@ -35,7 +35,8 @@ def _check_plan(g: ChannelGraph, keep: dict[str, tuple[int, ...]]) -> dict[int, 
     return out
 
 
-def _input_index(g: ChannelGraph, segments: list[int], kept: dict[int, tuple[int, ...]]) -> list[int]:
+def _input_index(g: ChannelGraph, segments: list[int],
+                 kept: dict[int, tuple[int, ...]]) -> list[int]:
     idx, offset = [], 0
     for s in segments:
         k = kept.get(g.find(s))

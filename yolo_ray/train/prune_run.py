@@ -10,7 +10,9 @@ import torch
 
 from ..config.load import load_hyp
 from ..config.schema import TrainSettings
-from ..models.prune import check_prune_args, prune_model, sparsity_report
+from ..errors import ConfigError
+from ..models.prune import (check_prune_args, prune_model, sparsity_report,
+                             step_ratios)
 from .checkpoint import half_state_dict, save_checkpoint
 from .val_run import ValRequest, load_model_for_inference, run_val
 
@@ -42,6 +44,19 @@ class PruneRequest:
     hyp: str | None = None
     batch_size: int = 16
     workers: int = 2
+    steps: int = 1          # channel: prune in this many steps, fine-tuning after each
+    scope: str = "global"   # channel: allocation, see plan_channel_prune
+
+
+def check_prune_request(req: PruneRequest) -> None:
+    """ConfigError for a request that cannot run (before any work or file)."""
+    check_prune_args(req.amount, req.method)
+    step_ratios(req.amount, req.steps)
+    if req.steps > 1 and (req.method != "channel" or req.finetune_epochs < 1):
+        raise ConfigError("--steps > 1 needs --method channel and --finetune-epochs >= 1 "
+                          "(gradual pruning fine-tunes after every step)")
+    if req.scope not in ("global", "layer"):
+        raise ConfigError(f"--scope {req.scope!r} is not 'global' or 'layer'")
 
 
 def _row(label: str, model: torch.nn.Module, outcome, imgsz: int) -> PruneRow:
@@ -52,30 +67,46 @@ def _row(label: str, model: torch.nn.Module, outcome, imgsz: int) -> PruneRow:
 
 
 def run_prune(req: PruneRequest) -> list[PruneRow]:
-    """Baseline val → prune → val → (fine-tune → val); writes the pruned checkpoint."""
-    check_prune_args(req.amount, req.method)
+    """Baseline val → prune → val → (fine-tune → val); writes the pruned checkpoint.
+
+    With `steps` > 1 (channel only) the amount is reached gradually: prune a share, fine-tune
+    `finetune_epochs`, repeat; the rows are the baseline, the last pruning before its
+    fine-tune and the end result.
+    """
+    check_prune_request(req)
     base = run_val(req.val)
     rows = [_row("baseline", base.model, base, req.val.imgsz)]
     model = load_model_for_inference(req.val.weights, req.val.cfg)
-    result = prune_model(model, req.amount, req.method, imgsz=req.val.imgsz)
-    LOGGER.info(f"Pruned ({req.method}, {req.amount}): {result.summary()}")
     meta_yaml = dict(model.yaml)  # the architecture actually built (no second unpickling)
-    payload = {"model": half_state_dict(result.model.state_dict()), "yaml": meta_yaml,
-               "nc": int(result.model.nc), "names": list(getattr(model, "names", [])),
-               "prune_plan": result.plan, "prune": {"amount": req.amount, "method": req.method},
-               "epoch": -1}
-    pruned_path = save_checkpoint(req.out / "pruned.pt", payload)
+    names = list(getattr(model, "names", []))
+    ratios = step_ratios(req.amount, req.steps) if req.method == "channel" else [req.amount]
+    tuned_path = None
+    for k, ratio in enumerate(ratios, 1):
+        if tuned_path is not None:
+            model = load_model_for_inference(str(tuned_path))
+        result = prune_model(model, ratio, req.method, imgsz=req.val.imgsz, scope=req.scope)
+        LOGGER.info(f"Pruned ({req.method}, step {k}/{len(ratios)}: {ratio:.3f} of what was "
+                    f"left): {result.summary()}")
+        payload = {"model": half_state_dict(result.model.state_dict()), "yaml": meta_yaml,
+                   "nc": int(result.model.nc), "names": names, "prune_plan": result.plan,
+                   "prune": {"amount": req.amount * k / len(ratios), "method": req.method},
+                   "epoch": -1}
+        pruned_path = save_checkpoint(req.out / "pruned.pt", payload)
+        if req.finetune_epochs > 0:
+            name = f"finetune{k}" if req.steps > 1 else "finetune"
+            tuned_path = _finetune(req, pruned_path, name)
+    label = f"{req.method} {req.amount:g}" + (f" ({req.steps} steps)" if req.steps > 1 else "")
     pruned = run_val(replace(req.val, weights=str(pruned_path), cfg=None))
-    rows.append(_row(f"{req.method} {req.amount:g}", pruned.model, pruned, req.val.imgsz))
-    if req.finetune_epochs > 0:
-        tuned_path = _finetune(req, pruned_path)
+    rows.append(_row(label if req.steps == 1 else f"{label}, last step", pruned.model, pruned,
+                     req.val.imgsz))
+    if tuned_path is not None:
         tuned = run_val(replace(req.val, weights=str(tuned_path), cfg=None))
-        rows.append(_row(f"{req.method} {req.amount:g} + {req.finetune_epochs} ep fine-tune",
-                         tuned.model, tuned, req.val.imgsz))
+        ep = req.finetune_epochs * req.steps
+        rows.append(_row(f"{label} + {ep} ep fine-tune", tuned.model, tuned, req.val.imgsz))
     return rows
 
 
-def _finetune(req: PruneRequest, pruned_path: Path) -> Path:
+def _finetune(req: PruneRequest, pruned_path: Path, name: str = "finetune") -> Path:
     """Fine-tune with the pruning kept: masks re-applied after every step (unstructured), or
     the smaller architecture itself (channel)."""
     from .trainer import Trainer
@@ -84,7 +115,7 @@ def _finetune(req: PruneRequest, pruned_path: Path) -> Path:
     settings = TrainSettings(
         data=req.val.data, weights=req.val.weights if unstructured else str(pruned_path),
         epochs=req.finetune_epochs, batch_size=req.batch_size, imgsz=req.val.imgsz,
-        device=req.val.device, workers=req.workers, project=str(req.out), name="finetune",
+        device=req.val.device, workers=req.workers, project=str(req.out), name=name,
         exist_ok=True, prune_amount=req.amount if unstructured else 0.0,
         prune_method=req.method if unstructured else "l1", prune_at="start", progress=False,
         noval=True, patience=0)
