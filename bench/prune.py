@@ -1,12 +1,17 @@
 """Benchmark: prune yolov5n.pt (l1 / global-l1 / channel × amounts) — size, speed and mAP.
 
 For each method and amount: parameters, sparsity (YOLOv5's, over all parameters, and over
-conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 (BN-fused model, forward
-only, NMS excluded as in YOLOv5's speed figures; median, all variants timed round-robin) and
-mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6). Pruning is
-applied to the released weights without fine-tuning.
+conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 for each --speed-img
+(BN-fused model, forward only, NMS excluded as in YOLOv5's speed figures; median, all
+variants timed round-robin) with the speed-up over the unpruned model, and mAP50 / mAP50-95
+on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6). Pruning is applied to the
+released weights; with --finetune-epochs K every channel variant is also fine-tuned K epochs
+on coco128 (`yolo-ray prune --finetune-epochs`'s path) and measured again ('+K ep' rows).
+Channel amount = the fraction of prunable output channels removed ('channel': the lowest-L1
+channels network-wide, at most half of any layer; 'channel/layer': that fraction of every
+layer).
 
-    python bench/prune.py                      # the run recorded in docs/benchmarks.md
+    python bench/prune.py --finetune-epochs 5  # the run recorded in docs/benchmarks.md
     python bench/prune.py --amounts 0.3 --methods channel --no-map
 """
 
@@ -31,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["l1", "global-l1", "channel"])
     p.add_argument("--amounts", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     p.add_argument("--img", type=int, default=320, help="validation image size (mAP)")
-    p.add_argument("--speed-img", type=int, default=640, help="image size for the CPU timing")
+    p.add_argument("--speed-img", type=int, nargs="+", default=[320, 640],
+                   help="image sizes for the CPU timing")
+    p.add_argument("--scopes", nargs="+", default=["global", "layer"],
+                   help="channel allocation scopes to run (global, layer)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="also fine-tune every channel variant this many epochs at --img")
     p.add_argument("--batch", type=int, default=16, help="validation batch size")
     p.add_argument("--speed-rounds", type=int, default=4, help="round-robin timing rounds")
     p.add_argument("--speed-runs", type=int, default=4, help="batch-1 forwards per round")
@@ -98,13 +108,20 @@ def measure(model, method: str, amount: float, loader) -> dict:
     return row
 
 
-def format_table(rows: list[dict], markdown: bool) -> str:
-    head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640",
-            "CPU ms/img (b1)", "mAP50", "mAP50-95"]
+def format_table(rows: list[dict], sizes: list[int], markdown: bool) -> str:
+    head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640"]
+    head += [h for n in sizes for h in (f"CPU ms/img b1 @{n}", f"speed-up @{n}")]
+    head += ["mAP50", "mAP50-95", "mAP50-95 vs none"]
+    base = rows[0]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [[r["method"], str(r["amount"]), f"{r['params']:,}", f"{r['sparsity_all']:.3f}",
-              f"{r['sparsity_conv']:.3f}", f"{r['gflops']:.2f}", f"{r['ms']:.1f}",
-              fmt(r["map50"]), fmt(r["map"])] for r in rows]
+    lines = []
+    for r in rows:
+        rel = None if r["map"] is None or not base["map"] else r["map"] / base["map"]
+        lines.append([r["method"], str(r["amount"]), f"{r['params']:,}",
+                      f"{r['sparsity_all']:.3f}", f"{r['sparsity_conv']:.3f}", f"{r['gflops']:.2f}"]
+                     + [x for n in sizes for x in (f"{r['ms'][n]:.1f}",
+                                                   f"{base['ms'][n] / r['ms'][n]:.2f}×")]
+                     + [fmt(r["map50"]), fmt(r["map"]), "n/a" if rel is None else f"{rel:.2f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(out + ["| " + " | ".join(x) + " |" for x in lines])
@@ -112,16 +129,54 @@ def format_table(rows: list[dict], markdown: bool) -> str:
     return "\n".join("  ".join(x.rjust(n) for x, n in zip(row, w)) for row in [head, *lines])
 
 
+def prune_variants(model, args) -> list[tuple[str, float, object]]:
+    """(label, amount, pruned model) for every method × amount (× scope for 'channel')."""
+    from yolo_ray.models.prune import prune_model
+
+    out = []
+    for m in args.methods:
+        scopes = args.scopes if m == "channel" else ["global"]
+        for scope in scopes:
+            label = m if scope == "global" else f"{m}/{scope}"
+            out += [(label, a, prune_model(model, a, m, imgsz=None, scope=scope).model.eval())
+                    for a in args.amounts]
+    return out
+
+
+def finetuned(model, variants, args, out_dir: Path) -> list[tuple[str, float, object]]:
+    """Every channel variant fine-tuned `args.finetune_epochs` epochs on the data at --img."""
+    from yolo_ray.train.prune_run import PruneRequest, finetune_pruned, save_pruned
+    from yolo_ray.train.val_run import ValRequest, load_model_for_inference
+
+    val = ValRequest(weights=args.weights, data=args.data, imgsz=args.img,
+                     batch_size=args.batch * 2, device="cpu", workers=2)
+    out = []
+    for i, (label, amount, v) in enumerate(variants):
+        if not label.startswith("channel"):
+            continue
+        req = PruneRequest(val, amount, "channel", out_dir / f"{i}", args.finetune_epochs,
+                           batch_size=args.batch, workers=2)
+        path = save_pruned(req.out / "pruned.pt", v, model.yaml, list(model.names), amount,
+                           "channel")
+        t = time.perf_counter()
+        last = finetune_pruned(req, path)
+        print(f"# fine-tuned {label} {amount}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        out.append((f"{label} +{args.finetune_epochs} ep", amount,
+                    load_model_for_inference(str(last)).float().eval()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     # Sleeping (not spinning) OpenMP workers: a shared machine otherwise slows torch ~10×.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import tempfile
+
     import torch
 
     from yolo_ray.config.load import load_data_config
     from yolo_ray.data.loader import create_val_loader
-    from yolo_ray.models.prune import prune_model
 
     torch.set_num_threads(args.threads)
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -129,19 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     loader = None if args.no_map else create_val_loader(
         load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
         log=lambda *a, **k: None)
-    variants = [("none", 0.0, model)] + [
-        (m, a, prune_model(model, a, m, imgsz=None).model.eval())
-        for m in args.methods for a in args.amounts]
+    variants = [("none", 0.0, model)] + prune_variants(model, args)
+    if args.finetune_epochs > 0:
+        with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
+            variants += finetuned(model, variants, args, Path(tmp))
+        torch.set_num_threads(args.threads)  # the trainer may have changed it
     rows = [measure(v, m, a, loader) for m, a, v in variants]
-    for row, ms in zip(rows, infer_ms([v for *_, v in variants], args.speed_img, args.speed_rounds,
-                                      args.speed_runs)):
-        row["ms"] = ms
+    for n in args.speed_img:
+        for row, ms in zip(rows, infer_ms([v for *_, v in variants], n, args.speed_rounds,
+                                          args.speed_runs)):
+            row.setdefault("ms", {})[n] = ms
+    ft = (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
+          if args.finetune_epochs else "no fine-tuning")
     print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
-          f"{args.speed_img}, {args.threads} threads "
-          f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), no "
-          f"fine-tuning; load average {load0:.2f} → {os.getloadavg()[0]:.2f}; "
-          f"{time.perf_counter() - t0:.0f} s")
-    print(format_table(rows, args.markdown))
+          f"{'/'.join(map(str, args.speed_img))}, {args.threads} threads "
+          f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {ft}; load average "
+          f"{load0:.2f} → {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
+    print(format_table(rows, args.speed_img, args.markdown))
     return 0
 
 

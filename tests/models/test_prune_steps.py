@@ -96,3 +96,16 @@ def test_run_prune_in_steps(tmp_path, synthetic_data, tiny_model_yaml):
     with torch.no_grad():
         out = final.eval()(torch.rand(1, 3, 64, 64))[0]
     assert out.shape[-1] == 8  # 5 + nc
+
+
+def test_cli_rejects_steps_without_channel(tmp_path, capsys):
+    from yolo_ray.cli import main
+
+    rc = main(["prune", "--weights", str(tmp_path / "w.pt"), "--data", str(tmp_path / "d.yaml"),
+               "--method", "l1", "--steps", "3", "--finetune-epochs", "1",
+               "--project", str(tmp_path / "runs")])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "yolo-ray: error: --steps > 1 needs --method channel and --finetune-epochs >= 1 "
+        "(gradual pruning fine-tunes after every step)")
+    assert not (tmp_path / "runs").exists()

@@ -66,6 +66,18 @@ def _row(label: str, model: torch.nn.Module, outcome, imgsz: int) -> PruneRow:
                     m.map, outcome.result.speed_ms[1])
 
 
+def save_pruned(path: Path, model: torch.nn.Module, yaml: dict, names: list[str],
+                amount: float, method: str) -> Path:
+    """A checkpoint of a pruned model that `load_model_for_inference` and `train --weights`
+    rebuild: the yaml plus the channel plan (pruned shapes), fp16 weights like YOLOv5's."""
+    plan = getattr(model, "channel_plan", None)
+    payload = {"model": half_state_dict(model.state_dict()), "yaml": dict(yaml),
+               "nc": int(model.nc), "names": list(names),
+               "prune_plan": plan.as_dict() if plan is not None else None,
+               "prune": {"amount": amount, "method": method}, "epoch": -1}
+    return save_checkpoint(path, payload)
+
+
 def run_prune(req: PruneRequest) -> list[PruneRow]:
     """Baseline val → prune → val → (fine-tune → val); writes the pruned checkpoint.
 
@@ -87,14 +99,11 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
         result = prune_model(model, ratio, req.method, imgsz=req.val.imgsz, scope=req.scope)
         LOGGER.info(f"Pruned ({req.method}, step {k}/{len(ratios)}: {ratio:.3f} of what was "
                     f"left): {result.summary()}")
-        payload = {"model": half_state_dict(result.model.state_dict()), "yaml": meta_yaml,
-                   "nc": int(result.model.nc), "names": names, "prune_plan": result.plan,
-                   "prune": {"amount": req.amount * k / len(ratios), "method": req.method},
-                   "epoch": -1}
-        pruned_path = save_checkpoint(req.out / "pruned.pt", payload)
+        pruned_path = save_pruned(req.out / "pruned.pt", result.model, meta_yaml, names,
+                                  req.amount * k / len(ratios), req.method)
         if req.finetune_epochs > 0:
             name = f"finetune{k}" if req.steps > 1 else "finetune"
-            tuned_path = _finetune(req, pruned_path, name)
+            tuned_path = finetune_pruned(req, pruned_path, name)
     label = f"{req.method} {req.amount:g}" + (f" ({req.steps} steps)" if req.steps > 1 else "")
     pruned = run_val(replace(req.val, weights=str(pruned_path), cfg=None))
     rows.append(_row(label if req.steps == 1 else f"{label}, last step", pruned.model, pruned,
@@ -106,9 +115,10 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     return rows
 
 
-def _finetune(req: PruneRequest, pruned_path: Path, name: str = "finetune") -> Path:
-    """Fine-tune with the pruning kept: masks re-applied after every step (unstructured), or
-    the smaller architecture itself (channel)."""
+def finetune_pruned(req: PruneRequest, pruned_path: Path, name: str = "finetune") -> Path:
+    """Fine-tune `pruned_path` (run folder `req.out / name`) and return its last.pt, the
+    pruning kept: masks re-applied after every step (unstructured), or the smaller
+    architecture itself (channel)."""
     from .trainer import Trainer
 
     unstructured = req.method != "channel"
