@@ -179,7 +179,8 @@ def test_trial_trains_from_the_shipped_copy(tmp_path: Path, data_copy: Path,
         cfg=str(tiny_model_yaml), strategy="classic", epochs=1, generations=1, imgsz=64,
         batch_size=8, workers=0, cpus_per_trial=1, max_concurrent=1, device_policy="cpu",
         tensorboard=False, verbose=0, ship_data=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": never join a `ray start` cluster someone else runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     try:
         summary = run_classic(request)
