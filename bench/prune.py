@@ -2,16 +2,17 @@
 
 For each method and amount: parameters, sparsity (YOLOv5's, over all parameters, and over
 conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 for each --speed-img
-(BN-fused model, forward only, NMS excluded as in YOLOv5's speed figures; median, all
-variants timed round-robin) with the speed-up over the unpruned model, and mAP50 / mAP50-95
-on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6). Pruning is applied to the
-released weights; with --finetune-epochs K every channel variant is also fine-tuned K epochs
+(BN-fused model, forward only, NMS excluded as in YOLOv5's speed figures; fastest of all
+forwards (--stat), variants timed round-robin) with the speed-up over the unpruned model,
+and mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6).
+Pruning is applied to the
+released weights; then every channel variant is also fine-tuned --finetune-epochs K (5) epochs
 on coco128 (`yolo-ray prune --finetune-epochs`'s path) and measured again ('+K ep' rows).
 Channel amount = the fraction of prunable output channels removed ('channel': the lowest-L1
 channels network-wide, at most half of any layer; 'channel/layer': that fraction of every
 layer).
 
-    python bench/prune.py --finetune-epochs 5  # the run recorded in docs/benchmarks.md
+    python bench/prune.py --markdown           # the run recorded in docs/benchmarks.md
     python bench/prune.py --amounts 0.3 --methods channel --no-map
 """
 
@@ -40,11 +41,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="image sizes for the CPU timing")
     p.add_argument("--scopes", nargs="+", default=["global", "layer"],
                    help="channel allocation scopes to run (global, layer)")
-    p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="also fine-tune every channel variant this many epochs at --img")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="also fine-tune every channel variant this many epochs at --img "
+                        "(0 or --no-map: skip)")
     p.add_argument("--batch", type=int, default=16, help="validation batch size")
     p.add_argument("--speed-rounds", type=int, default=4, help="round-robin timing rounds")
     p.add_argument("--speed-runs", type=int, default=4, help="batch-1 forwards per round")
+    p.add_argument("--stat", choices=("median", "min"), default="min",
+                   help="per-variant timing statistic (min: the least disturbed by other "
+                        "processes on a shared box, as timeit recommends)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
@@ -64,8 +69,9 @@ def load_model(weights: str):
     return model.eval()
 
 
-def infer_ms(models: list, img: int, rounds: int, runs: int) -> list[float]:
-    """Median batch-1 forward time (ms) of each BN-fused model, timed round-robin.
+def infer_ms(models: list, img: int, rounds: int, runs: int,
+             stat: str = "median") -> list[float]:
+    """Min (or median) batch-1 forward time (ms) of each BN-fused model, timed round-robin.
 
     Round-robin (every model `runs` forwards per round) so that load from other processes
     on a shared machine hits all variants alike.
@@ -84,7 +90,8 @@ def infer_ms(models: list, img: int, rounds: int, runs: int) -> list[float]:
                     t = time.perf_counter()
                     m(x)
                     ts.append(time.perf_counter() - t)
-    return [1000 * statistics.median(ts) for ts in times]
+    pick = statistics.median if stat == "median" else min
+    return [1000 * pick(ts) for ts in times]
 
 
 def val_map(model, loader) -> tuple[float, float]:
@@ -185,19 +192,20 @@ def main(argv: list[str] | None = None) -> int:
         load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
         log=lambda *a, **k: None)
     variants = [("none", 0.0, model)] + prune_variants(model, args)
-    if args.finetune_epochs > 0:
+    if args.finetune_epochs > 0 and not args.no_map:
         with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
             variants += finetuned(model, variants, args, Path(tmp))
         torch.set_num_threads(args.threads)  # the trainer may have changed it
     rows = [measure(v, m, a, loader) for m, a, v in variants]
     for n in args.speed_img:
         for row, ms in zip(rows, infer_ms([v for *_, v in variants], n, args.speed_rounds,
-                                          args.speed_runs)):
+                                          args.speed_runs, args.stat)):
             row.setdefault("ms", {})[n] = ms
     ft = (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
-          if args.finetune_epochs else "no fine-tuning")
+          if args.finetune_epochs and not args.no_map else "no fine-tuning")
     print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
-          f"{'/'.join(map(str, args.speed_img))}, {args.threads} threads "
+          f"{'/'.join(map(str, args.speed_img))} ({args.stat} of {args.speed_rounds}×"
+          f"{args.speed_runs}), {args.threads} threads "
           f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {ft}; load average "
           f"{load0:.2f} → {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
     print(format_table(rows, args.speed_img, args.markdown))
