@@ -25,6 +25,7 @@ from ..evolve.space import (
     with_prune_gene,
 )
 from ..evolve.store import EvolutionStore
+from . import faults
 from .request import EvolveRequest, EvolveSummary
 from .rundir import load_run_file, save_run_file
 
@@ -138,6 +139,7 @@ def connect(request: EvolveRequest) -> bool:
     # Passive OpenMP waits: spinning torch threads starve each other when several CPU trials
     # share a node (measured 7-10x slower with the default policy on a loaded 2-core box).
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env.update(faults.env_vars())  # a test's fault plan reaches workers on any node
     common: dict[str, Any] = {"log_to_driver": not quiet,
                               "logging_level": logging.WARNING if quiet else logging.INFO,
                               "runtime_env": {"env_vars": env}}

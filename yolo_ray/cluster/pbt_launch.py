@@ -301,6 +301,9 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
         resolved = resolve_resources(request, ray.cluster_resources())
         plan = plan_pbt(resolved, resolved.max_concurrent)
         store = open_run(resolved, plan)
+        from . import faults
+
+        faults.attach(store)  # tests only: inert unless $YOLO_RAY_FAULTS names a plan
         LOGGER.info(f"evolve: PBT with {plan.population} members x {plan.rounds} rounds of "
                     f"{plan.interval} epoch(s); {resolved.max_concurrent} concurrent slot(s)")
         if plan.epochs != request.epochs:

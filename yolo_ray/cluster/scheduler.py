@@ -21,6 +21,7 @@ from ..evolve.records import TrialRecord
 from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
+from . import faults
 from .pbt_state import MemberPlan, PBTState, find_checkpoint, orphan_row, row_trial_id
 
 LOGGER = logging.getLogger("yolo_ray")
@@ -190,6 +191,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         return new_config, ops
 
     def _exploit(self, tune_controller: Any, trial: Trial, trial_to_clone: Trial) -> None:
+        faults.at_point("pbt.exploit", self._state.round)  # tests only: a driver crash here
         super()._exploit(tune_controller, trial, trial_to_clone)
         self._sources[self._member(trial)] = self._member(trial_to_clone)
 

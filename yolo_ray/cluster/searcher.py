@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from ..errors import StoreError
 from ..evolve.ga import GeneticAlgorithm
 from ..evolve.store import EvolutionStore
 from .trainable import METRIC, MODE, result_values, suggestion_from_config, trial_config
@@ -57,10 +58,15 @@ class EvolveSearcher(Searcher):
         # searcher before the callbacks, and only the callbacks see the trial's error).
         self.defer_failures = False
         self.pending_failures: dict[str, dict[str, Any]] = {}
+        # A write that failed (disk full, folder unwritable): raised from the next `suggest`,
+        # which Tune does not catch, so the run stops instead of retrying the trial forever.
+        self.store_error: StoreError | None = None
 
     # ------------------------------------------------------------------ Tune interface
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """A config for a new trial, None to ask again later, or Searcher.FINISHED."""
+        if self.store_error is not None:
+            raise self.store_error
         if trial_id in self.live:
             return self.live[trial_id]
         rows = self.store.rows()
@@ -94,9 +100,12 @@ class EvolveSearcher(Searcher):
             return
         assert result is not None
         status = "finished" if result.get("final") else "early-stopped"
-        self.ga.tell(self.store, suggestion_from_config(config), trial_id, status, values,
-                     node=result.get("node"), device=result.get("device"),
-                     start=float(config["suggested_at"]), end=self.clock())
+        try:
+            self.ga.tell(self.store, suggestion_from_config(config), trial_id, status, values,
+                         node=result.get("node"), device=result.get("device"),
+                         start=float(config["suggested_at"]), end=self.clock())
+        except StoreError as e:  # Tune would treat it as the trial's failure and retry it
+            self._stop_on(e)
 
     def record_failure(self, trial_id: str, reason: str) -> None:
         """Write a deferred failure with its reason (called by FailureReasonCallback)."""
@@ -144,5 +153,12 @@ class EvolveSearcher(Searcher):
     def _record_failure(self, trial_id: str, config: dict[str, Any], reason: str) -> None:
         self.failed += 1
         LOGGER.warning(f"evolve: trial {trial_id} failed: {reason}")
-        self.ga.tell(self.store, suggestion_from_config(config), trial_id, "failed",
-                     start=float(config["suggested_at"]), end=self.clock(), reason=reason)
+        try:
+            self.ga.tell(self.store, suggestion_from_config(config), trial_id, "failed",
+                         start=float(config["suggested_at"]), end=self.clock(), reason=reason)
+        except StoreError as e:
+            self._stop_on(e)
+
+    def _stop_on(self, error: StoreError) -> None:
+        LOGGER.error(f"evolve: {error}; stopping (everything written before is intact)")
+        self.store_error = self.store_error or error

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..evolve.ga import Suggestion
 from ..train.results import RESULT_KEYS
+from . import faults
 from .request import EvolveRequest, isolate_devices
 
 TRAIN_LOSS_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss")
@@ -90,10 +91,13 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any 
         records.append(record)
         if record.epoch + 1 < settings.epochs:  # the last epoch is reported after fit()
             tune.report(epoch_report(record) | info | {"final": False})
+        faults.before_epoch(index, attempt, record.epoch + 1, trainer.model)  # tests only
 
     trainer = Trainer(settings, Hyp.from_mapping(config["hyp"], "<trial hyp>"),
                       hooks=[report_epoch], write_files=False)
     trainer.setup()
+    index, attempt = int(config["trial_index"]), faults.start_attempt(f"t{config['trial_index']}")
+    faults.before_epoch(index, attempt, trainer.epoch, trainer.model)  # tests only
     info["t_loop_start"] = time.time()
     result = trainer.fit()
     info["t_loop_end"] = time.time()

@@ -16,6 +16,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ..errors import StoreError
 from ..evolve.plot import plot_evolve
 from .callbacks import FailureReasonCallback, TensorBoardCallback
+from . import faults
 from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
 from .searcher import EvolveSearcher
@@ -93,6 +94,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest) -> tune.T
                                   resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
     searcher = EvolveSearcher(prepared.ga, request.run_dir, prepared.target_rows)
+    faults.attach(searcher.store)  # tests only: inert unless $YOLO_RAY_FAULTS names a plan
     limiter = ConcurrencyLimiter(searcher, max_concurrent=max(1, request.max_concurrent))
     # Tune's result.json/progress.csv per trial, but not its TensorBoard copy (ours is richer).
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(),

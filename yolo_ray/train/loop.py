@@ -106,9 +106,10 @@ def train_one_epoch(ctx: EpochContext) -> EpochStats:
         with torch.autocast(ctx.device.type, enabled=ctx.amp and ctx.device.type == "cuda"):
             loss, items = ctx.compute_loss(ctx.model(x), targets.to(ctx.device))
         if not torch.isfinite(loss).all():
+            what = "NaN" if torch.isnan(loss).any() else "infinite"
             raise NonFiniteLossError(
-                f"non-finite training loss {loss.item()} at epoch {ctx.epoch}, batch {i}; "
-                "the hyperparameters make training diverge")
+                f"loss became {what} at epoch {ctx.epoch} batch {i} (non-finite training "
+                "loss); the hyperparameters make training diverge")
         ctx.scaler.scale(loss).backward()
         if ni - last_opt_step >= accumulate:
             _optimizer_step(ctx, params)
