@@ -159,8 +159,12 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
                                      state_path=request.run_dir / STATE_NAME)
 
 
-def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore) -> Any:
-    """A new Tuner, or Tuner.restore for --resume (the scheduler reloads pbt_state.json)."""
+def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,
+                    trainable: Any = None) -> Any:
+    """A new Tuner, or Tuner.restore for --resume (the scheduler reloads pbt_state.json).
+
+    `trainable` replaces PBTTrainable (bench/scale.py's sleeping stand-in); None trains.
+    """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -169,7 +173,7 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
     from .scheduler import MEMBER_KEY
     from .tuner import trial_dirname, trial_name
 
-    trainable = build_trainable(request)
+    trainable = build_trainable(request) if trainable is None else trainable
     if request.resume:
         if tune.Tuner.can_restore(request.experiment_path):
             LOGGER.info(f"evolve: restoring the PBT run from {request.experiment_path}")

@@ -84,9 +84,27 @@ def can_restore(experiment_path: str) -> bool:
     return any(Path(i.path).name.startswith("experiment_state") for i in infos)
 
 
-def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest) -> tune.Tuner:
-    """A new Tuner, or the restored one for --resume (searcher state comes back with it)."""
-    trainable = build_trainable(request)
+def limiter_size(slots: int) -> int:
+    """Trials the limiter lets exist at once: the slots plus a few waiting for one.
+
+    Tune (2.60) keeps a finished trial's actor for reuse only when a trial is already
+    waiting for its resources; with exactly `slots` trials none is, so every trial started
+    a new worker process (bench/scale.py: 64 slots ran at most 9 trials at once on 2 cores).
+    The waiting trials are suggested one trial's time early, with the rows known then; below
+    8 slots Tune's one always-kept actor suffices and suggestions stay as late as YOLOv5's.
+    """
+    slots = max(1, int(slots))
+    return slots + slots // 8
+
+
+def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
+                        trainable: Any = None) -> tune.Tuner:
+    """A new Tuner, or the restored one for --resume (searcher state comes back with it).
+
+    `trainable` replaces `evolve_trial` (bench/scale.py runs a sleeping stand-in through
+    the same searcher, limiter and callbacks); None trains for real.
+    """
+    trainable = build_trainable(request) if trainable is None else trainable
     if request.resume and can_restore(request.experiment_path):
         LOGGER.info(f"evolve: restoring Tune state from {request.experiment_path}")
         # Errored trials stay errored: their failure is recorded and a replacement ran.
@@ -95,7 +113,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest) -> tune.T
                                   restart_errored=False)
     searcher = EvolveSearcher(prepared.ga, request.run_dir, prepared.target_rows)
     faults.attach(searcher.store)  # tests only: inert unless $YOLO_RAY_FAULTS names a plan
-    limiter = ConcurrencyLimiter(searcher, max_concurrent=max(1, request.max_concurrent))
+    limiter = ConcurrencyLimiter(searcher, max_concurrent=limiter_size(request.max_concurrent))
     # Tune's result.json/progress.csv per trial, but not its TensorBoard copy (ours is richer).
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(),
                             FailureReasonCallback(searcher),

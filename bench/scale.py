@@ -1,0 +1,420 @@
+"""Benchmark: our classic searcher and GA PBT scheduler at scale, on a local Ray of fake GPUs.
+
+The real driver objects run unchanged: `tuner.build_classic_tuner` (EvolveSearcher +
+ConcurrencyLimiter + store, failure and progress callbacks, TensorBoard off) and
+`pbt_launch.build_pbt_tuner` (GAPopulationBasedTraining with its store and pbt_state.json).
+Only the trainable is a stand-in: it sleeps a duration drawn from a generator seeded by
+(trial seed, step) and reports a synthetic fitness computed from its hyps (PBT members also
+carry a checkpointed "quality", so exploiting a parent pays off). Ray gets `--slots` fake
+GPUs and as many logical CPUs; every trial asks for 1 GPU + 1 CPU.
+
+Measured from the trials' own timestamps and the driver process:
+    idle     1 - busy slot-time / (slots × window), window = from the `slots`-th start to the
+             start of the last trial (step): ramp-up and drain excluded
+    driver   CPU seconds of the driver process (Tune's loop, our searcher/scheduler/store)
+             per recorded row, per quarter of the run (flat = no O(rows) work), and peak RSS
+    actors   distinct trial processes (classic): Tune reuses one per slot, or starts new ones
+
+    python bench/scale.py                                   # both, default sizes
+    python bench/scale.py --only classic --trials 1000 --slots 64 --sleep 4
+    python bench/scale.py --only pbt --members 256 --slots 128 --rounds 20 --sleep 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=("classic", "pbt"), default=None)
+    p.add_argument("--slots", type=int, default=64, help="fake GPUs = concurrent trials")
+    p.add_argument("--trials", type=int, default=1000, help="classic: trials (= rows)")
+    p.add_argument("--members", type=int, default=64, help="pbt: population")
+    p.add_argument("--rounds", type=int, default=20, help="pbt: generations of 1 epoch each")
+    p.add_argument("--sleep", type=float, default=4.0, help="mean trial (classic) or epoch "
+                   "(pbt) duration in seconds")
+    p.add_argument("--pbt-sleep", type=float, default=None, help="pbt epoch mean (default "
+                   "--sleep)")
+    p.add_argument("--spread", type=float, default=0.25, help="durations uniform in mean × "
+                   "(1 ± spread)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- stand-ins
+def synthetic_fitness(hyp: dict[str, float], base: dict[str, float]) -> float:
+    """Smooth in log-hyp space with its optimum at 1.3 × base: the GA has something to find."""
+    logs = [np.log((float(hyp[k]) + 1e-3) / (1.3 * v + 1e-3)) for k, v in base.items()]
+    return float(0.6 * np.exp(-0.5 * np.mean(np.square(logs))))
+
+
+def results_for(fit: float) -> dict[str, float]:
+    """The seven evolve.csv results, with fitness (0.1·mAP50 + 0.9·mAP50-95) equal to `fit`."""
+    from yolo_ray.train.results import RESULT_KEYS
+
+    return dict(zip(RESULT_KEYS, (0.5, 0.5, fit, fit, 0.05, 0.03, 0.01)))
+
+
+def draw_sleep(seed: int, step: int, mean: float, spread: float) -> float:
+    return float(np.random.default_rng([seed, step]).uniform(mean * (1 - spread),
+                                                             mean * (1 + spread)))
+
+
+def sim_trial(config: dict[str, Any], mean: float, spread: float,
+              base: dict[str, float]) -> None:
+    """Classic stand-in for evolve_trial: one sleep, one final report."""
+    from ray import tune
+
+    t0 = time.time()
+    time.sleep(draw_sleep(int(config["seed"]), 0, mean, spread))
+    fit = synthetic_fitness(config["hyp"], base)
+    tune.report(results_for(fit) | {"fitness": fit, "epoch": 1, "final": True,
+                                    "t_start": t0, "t_end": time.time(), "node": "sim",
+                                    "device": "sim", "actor_rss_mb": rss_mb(), "pid": os.getpid(),
+                                    "torch_loaded": "torch" in sys.modules})
+
+
+def member_class() -> type:
+    """PBT stand-in for PBTTrainable (built lazily: Trainable needs Ray imported)."""
+    from ray import tune
+
+    class SimMember(tune.Trainable):
+        def setup(self, config: dict, mean: float = 1.0, spread: float = 0.0,
+                  base: dict | None = None) -> None:
+            self.mean, self.spread, self.base = mean, spread, dict(base or {})
+            self.quality, self.epoch = 0.0, 0
+            self._apply(config)
+
+        def _apply(self, config: dict) -> None:
+            self.member = int(config["trial_index"])
+            self.total = int(config["settings"]["epochs"])
+            self.hyp = {k: float(config[k]) for k in self.base}
+
+        def step(self) -> dict:
+            t0 = time.time()
+            time.sleep(draw_sleep(self.member, self.epoch, self.mean, self.spread))
+            self.epoch += 1
+            self.quality += 0.1 * synthetic_fitness(self.hyp, self.base)
+            done = self.epoch >= self.total
+            return results_for(self.quality) | {
+                "fitness": self.quality, "epoch": self.epoch, "final": done, "done": done,
+                "member": self.member, "round_start": t0, "round_end": time.time(),
+                "node": "sim", "device": "sim"}
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            state = {"epoch": self.epoch, "quality": self.quality}
+            Path(checkpoint_dir, "state.json").write_text(json.dumps(state))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
+            state = json.loads(Path(checkpoint_dir, "state.json").read_text())
+            self.epoch, self.quality = int(state["epoch"]), float(state["quality"])
+
+        def reset_config(self, new_config: dict) -> bool:
+            self._apply(new_config)  # the restore that follows sets epoch and quality
+            self.quality, self.epoch = 0.0, 0
+            return True
+
+    return SimMember
+
+
+# ----------------------------------------------------------------------------- sampling
+def driver_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sampler(threading.Thread):
+    """Every second: wall time, rows in evolve.csv (fixed-width lines), driver CPU and RSS."""
+
+    def __init__(self, csv_path: Path) -> None:
+        super().__init__(daemon=True)
+        self.csv_path, self.samples = csv_path, []
+        self.stop_event = threading.Event()
+
+    def rows(self) -> int:
+        try:
+            with open(self.csv_path, "rb") as f:
+                header = len(f.readline())
+                line = len(f.readline())
+            return 0 if not line else (self.csv_path.stat().st_size - header) // line
+        except OSError:
+            return 0
+
+    def run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            self.samples.append((time.time(), self.rows(), driver_cpu(), rss_mb()))
+
+
+# ----------------------------------------------------------------------------- analysis
+def idle_fraction(intervals: list[tuple[float, float]], slots: int) -> dict[str, Any]:
+    """Idle share of slot-time between the `slots`-th start (ramp-up done) and the last start.
+
+    After the last start slots drain with nothing left to run; before the `slots`-th start
+    the slots were still being filled for the first time. Both are excluded.
+    """
+    starts = sorted(s for s, _ in intervals)
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    peak = max((c for _, c in _running(events)), default=0)
+    if len(starts) <= slots:
+        return {"idle": float("nan"), "window_s": 0.0, "max_running": peak}
+    t_a, t_b = starts[slots - 1], starts[-1]
+    busy = sum(max(0.0, min(e, t_b) - max(s, t_a)) for s, e in intervals)
+    return {"idle": 1 - busy / (slots * (t_b - t_a)), "window_s": t_b - t_a,
+            "max_running": peak}
+
+
+def _running(events: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    out, c = [], 0
+    for t, d in events:
+        c += d
+        out.append((t, c))
+    return out
+
+
+def per_quarter(samples: list[tuple], total_rows: int) -> list[float]:
+    """Driver CPU ms per row in each quarter of the rows (sampled once a second)."""
+    out = []
+    for q in range(4):
+        lo, hi = total_rows * q // 4, total_rows * (q + 1) // 4
+        pts = [s for s in samples if lo <= s[1] <= hi]
+        if len(pts) < 2 or pts[-1][1] == pts[0][1]:
+            out.append(float("nan"))
+            continue
+        out.append(1e3 * (pts[-1][2] - pts[0][2]) / (pts[-1][1] - pts[0][1]))
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+def make_request(root: Path, args: argparse.Namespace, strategy: str, **kw: Any) -> Any:
+    from yolo_ray.cluster.request import EvolveRequest
+    from yolo_ray.config.load import load_hyp
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "data.yaml"  # never read: the stand-ins do not train
+    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
+    return EvolveRequest(run_dir=root / strategy, data=str(data), hyp=load_hyp(),
+                         cfg="yolov5n", strategy=strategy, seed=args.seed, verbose=0,
+                         tensorboard=False, gpus_per_trial=1.0, cpus_per_trial=1, **kw)
+
+
+def measure(run_fn: Any, csv_path: Path, rows: int) -> dict[str, Any]:
+    """Run `run_fn()` (Tuner.fit) with driver / Ray CPU and memory sampling around it."""
+    sampler = Sampler(csv_path)
+    c0, t0 = driver_cpu(), time.time()
+    sampler.start()
+    try:
+        out = run_fn()
+    finally:
+        sampler.stop_event.set()
+        sampler.join()
+    wall, cpu = time.time() - t0, driver_cpu() - c0
+    return {"result": out, "wall_s": wall, "driver_cpu_s": cpu,
+
+            "quarters_ms": per_quarter(sampler.samples, rows),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "samples": sampler.samples}
+
+
+def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    import ray
+    from ray import tune
+
+    from yolo_ray.cluster.launch import (
+        TUNE_ENV, PreparedRun, build_ga, quiet_tune_env, resolve_resources, scoped_env,
+    )
+    from yolo_ray.cluster.tuner import build_classic_tuner
+    from yolo_ray.evolve.store import EvolutionStore
+
+    request = make_request(root, args, "classic", generations=args.trials, epochs=1)
+    request = resolve_resources(request, ray.cluster_resources())
+    ga = build_ga(request)
+    store = EvolutionStore(request.run_dir, ga.hyp_keys)
+    prepared = PreparedRun(request, ga, store, args.trials)
+    base = {k: float(v) for k, v in ga.base.items() if k in ga.hyp_keys}
+    trainable = tune.with_resources(
+        tune.with_parameters(sim_trial, mean=args.sleep, spread=args.spread, base=base),
+        {"cpu": 1, "gpu": 1})
+
+    def fit() -> Any:
+        with scoped_env(**TUNE_ENV, **quiet_tune_env(0)):
+            return build_classic_tuner(prepared, request, trainable=trainable).fit()
+
+    m = measure(fit, store.csv_path, args.trials)
+    grid = m.pop("result")
+    spans = [(r.metrics["t_start"], r.metrics["t_end"]) for r in grid
+             if r.metrics and "t_start" in r.metrics]
+    m.update(idle_fraction(spans, request.max_concurrent))
+    metrics = [r.metrics for r in grid if r.metrics and "actor_rss_mb" in r.metrics]
+    m.update(actor_rss_mb=float(np.median([x["actor_rss_mb"] for x in metrics])),
+             torch_in_actor=any(x["torch_loaded"] for x in metrics),
+             actors=len({(x["node"], x["pid"]) for x in metrics}))
+    m.update(rows=len(store.rows()), trials=len(spans), slots=request.max_concurrent,
+             best=store.best_row().fitness, first=store.rows()[0].fitness)
+    store.close()
+    return m
+
+
+def run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    import ray
+    from ray import tune
+
+    from yolo_ray.cluster.launch import TUNE_ENV, base_hyp, resolve_resources, scoped_env
+    from yolo_ray.cluster.pbt_launch import build_pbt_tuner, open_run, plan_pbt
+
+    request = make_request(root, args, "pbt", generations=args.rounds, epochs=args.rounds,
+                           population=args.members, interval=1)
+    request = resolve_resources(request, ray.cluster_resources())
+    plan = plan_pbt(request, request.max_concurrent)
+    store = open_run(request, plan)
+    base = dict(base_hyp(request).as_dict())
+    mean = args.pbt_sleep if args.pbt_sleep is not None else args.sleep
+    trainable = tune.with_resources(
+        tune.with_parameters(member_class(), mean=mean, spread=args.spread, base=base),
+        {"cpu": 1, "gpu": 1})
+
+    def fit() -> Any:
+        with scoped_env(**TUNE_ENV):
+            return build_pbt_tuner(request, plan, store, trainable=trainable).fit()
+
+    m = measure(fit, store.csv_path, plan.rows)
+    grid = m.pop("result")
+    entries = [e for e in store.entries() if e.get("row") is not None]
+    spans = [(float(e["start"]), float(e["end"])) for e in entries]
+    m.update(idle_fraction(spans, request.max_concurrent))
+    m.update(round_gaps(entries, request.max_concurrent))
+    rows = store.rows()
+    m.update(rows=len(rows), members=plan.population, rounds=plan.rounds,
+             slots=request.max_concurrent, errors=sum(r.error is not None for r in grid),
+             first_round_best=max(r.fitness for r in rows if r.meta.get("generation") == 0),
+             best=store.best_row().fitness)
+    store.close()
+    return m
+
+
+def round_gaps(entries: list[dict], slots: int) -> dict[str, float]:
+    """Median time from a round's last step end to the next round's first step start."""
+    by_round: dict[int, list[tuple[float, float]]] = {}
+    for e in entries:
+        by_round.setdefault(int(e["generation"]), []).append((float(e["start"]),
+                                                              float(e["end"])))
+    rounds = sorted(by_round)
+    gaps = [min(s for s, _ in by_round[b]) - max(e for _, e in by_round[a])
+            for a, b in zip(rounds, rounds[1:])]
+    spans = [max(e for _, e in by_round[r]) - min(s for s, _ in by_round[r]) for r in rounds]
+    return {"round_gap_s": float(np.median(gaps)) if gaps else float("nan"),
+            "round_span_s": float(np.median(spans))}
+
+
+# ----------------------------------------------------------------------------- output
+def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> str:
+    lines = ["| run | slots (fake GPUs) | rows | wall | most trials running at once | idle "
+             "slot-time (steady) | driver CPU per row | per row by quarter of the run | "
+             "actor processes | driver peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in res.items():
+        shape = (f"{m['trials']} trials, sleep {args.sleep:g} s ± {100 * args.spread:.0f} %"
+                 if name == "classic" else
+                 f"{m['members']} members × {m['rounds']} rounds, epoch "
+                 f"{args.pbt_sleep or args.sleep:g} s ± {100 * args.spread:.0f} %")
+        q = " / ".join(f"{v:.1f}" for v in m["quarters_ms"])
+        lines.append(f"| {name}: {shape} | {m['slots']} | {m['rows']} | {m['wall_s']:.0f} s | "
+                     f"{m['max_running']} | {100 * m['idle']:.1f} % (window "
+                     f"{m['window_s']:.0f} s) | {1e3 * m['driver_cpu_s'] / m['rows']:.1f} ms | "
+                     f"{q} ms | {m.get('actors', '-')} | {m['peak_rss_mb']:.0f} MB |")
+    notes = [f"\nray.init: {init_s:.1f} s."]
+    if "classic" in res:
+        c = res["classic"]
+        notes.append(f"Classic: first row fitness {c['first']:.4f}, best {c['best']:.4f}.")
+    if "pbt" in res:
+        p = res["pbt"]
+        notes.append(f"PBT: best of round 0 {p['first_round_best']:.4f}, best overall "
+                     f"{p['best']:.4f}; median round span {p['round_span_s']:.1f} s, median "
+                     f"gap between rounds {p['round_gap_s']:.2f} s; errored trials "
+                     f"{p['errors']}.")
+    return "\n".join(lines) + "\n" + " ".join(notes)
+
+
+def plot(res: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, m in res.items():
+        s = np.array([x for x in m["samples"] if x[1] > 0])
+        if len(s) < 3:
+            continue
+        d_rows, d_cpu = np.diff(s[:, 1]), np.diff(s[:, 2])
+        keep = d_rows > 0
+        a1.plot(s[1:, 1][keep], 1e3 * d_cpu[keep] / d_rows[keep], ".", ms=3, label=name)
+        a2.plot(s[:, 1], s[:, 3], label=name)
+    a1.set(xlabel="rows in evolve.csv", ylabel="driver CPU ms per row (1 s bins)",
+           title="Driver cost per decision")
+    a2.set(xlabel="rows in evolve.csv", ylabel="driver RSS (MB)", title="Driver memory")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+        a.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import ray
+
+    t0 = time.time()
+    # address="local": a new instance even when another `ray start` runs on this machine.
+    ray.init(address="local", num_cpus=args.slots, num_gpus=args.slots,
+             include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    init_s = time.time() - t0
+    res: dict[str, dict] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="scale_bench_") as tmp:
+            for name, fn in (("classic", run_classic), ("pbt", run_pbt)):
+                if args.only in (None, name):
+                    res[name] = fn(args, Path(tmp) / name)
+                    print(f"# {name}: " + json.dumps({k: v for k, v in res[name].items()
+                                                      if k != "samples"}), file=sys.stderr)
+    finally:
+        ray.shutdown()
+    print("python bench/scale.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print()
+    print(markdown(args, res, init_s))
+    if args.plot:
+        plot(res, args.plot)
+        print(f"\n![driver cost and memory vs rows]({Path(args.plot).name})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
