@@ -135,11 +135,12 @@ def finetune_pruned(req: PruneRequest, pruned_path: Path, name: str = "finetune"
 
 
 def format_prune_table(rows: list[PruneRow]) -> str:
-    """Side-by-side comparison, one model per line."""
-    head = f"{'model':>28} {'params':>11} {'sparsity':>9} {'GFLOPs':>7} {'mAP50':>7} " \
+    """Side-by-side comparison, one model per line (the label column widens for long labels)."""
+    w = max([28, *(len(r.label) + 1 for r in rows)])
+    head = f"{'model':>{w}} {'params':>11} {'sparsity':>9} {'GFLOPs':>7} {'mAP50':>7} " \
            f"{'mAP50-95':>9} {'ms/img':>8}"
     lines = [head]
     for r in rows:
-        lines.append(f"{r.label:>28} {r.params:>11,} {r.sparsity:>9.3f} {r.gflops:>7.2f} "
+        lines.append(f"{r.label:>{w}} {r.params:>11,} {r.sparsity:>9.3f} {r.gflops:>7.2f} "
                      f"{r.map50:>7.3f} {r.map:>9.3f} {r.ms_per_img:>8.1f}")
     return "\n".join(lines)
