@@ -155,19 +155,36 @@ class PBTTrainable(tune.Trainable):
         path = Path(checkpoint_dir) / STATE_FILE
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise WeightsError(f"{path}: cannot load the PBT checkpoint: {e}") from None
+        except Exception as e:  # truncated or corrupt (e.g. a disk that filled up): restart
+            state, error = None, e
         if self._pending is not None:
             config, self._pending = self._pending, None
             if settings_of(config).seed != self.trainer.settings.seed:
                 self._build(config)  # another member: its own data order and seed
             else:  # the same member, possibly with explored hyps: keep model and data
                 self.member, self.hyp = int(config.get(MEMBER_KEY, 0)), hyp_of(config)
+        if state is None:
+            return self._restart_from_scratch(path, error)
         self.trainer.load_train_state(state["train_state"])
         # The optimizer state carries the saver's lr/momentum/decay: apply ours on top.
         self.trainer.set_hyp(self.hyp)
         self._start_crc = weights_crc(self.trainer.model)
         self._round_start = None
+
+    def _restart_from_scratch(self, path: Path, error: Exception) -> None:
+        """An unreadable state.pt: retrain this member from fresh weights up to the checkpoint's
+        epoch (from its meta.json) with its current hyps, so the population stays in step."""
+        try:
+            epoch = int(json.loads((path.parent / CKPT_META).read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise WeightsError(f"{path}: cannot load the PBT checkpoint ({type(error).__name__})"
+                               f" and {CKPT_META} beside it is unreadable too") from None
+        LOGGER.warning(f"{path}: corrupt checkpoint ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''}); member "
+                       f"{self.member} restarts from scratch and retrains {epoch} epoch(s)")
+        self._build(self.config)
+        for _ in range(epoch):
+            self.trainer.train_epoch()
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Reuse this actor for `new_config` (PBT explore or another member); always True.
