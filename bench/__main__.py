@@ -62,8 +62,8 @@ BENCHES = (
           ("--work", f"{SCRATCH}/pbt_vs_classic"),
           pngs=(f"{SCRATCH}/pbt_vs_classic/pbt_vs_classic.png",), strip_heading=True),
     Bench("store_latency", ("--samples", "20"), ("--samples", "40")),
-    Bench("scale", ("--slots", "32", "--trials", "300", "--members", "32", "--rounds", "10",
-                    "--sleep", "5"),
+    Bench("scale", ("--slots", "16", "--trials", "200", "--members", "16", "--rounds", "10",
+                    "--sleep", "3"),
           ("--slots", "64", "--trials", "1000", "--members", "256", "--rounds", "20",
            "--sleep", "10", "--pbt-sleep", "2")),
     Bench("shipping", (), ()),  # written by another engineer; skipped while absent
