@@ -253,3 +253,20 @@ def test_corrupt_pbt_checkpoint_on_resume_restarts_the_member(tmp_path, syntheti
                for p in corrupted), log[-3000:]
     assert (run / "evolve.csv").read_bytes().startswith(before)
     check_consistent(run, 6)
+
+
+@pytest.mark.slow
+def test_pbt_storage_full_stops_cleanly(tmp_path, synthetic_data, tiny_model_yaml) -> None:
+    """Round 1's first row cannot be written: exit 2, one line naming evolve.csv, round 0 intact."""
+    plan = write_plan(tmp_path / "faults",
+                      {"point": "store.csv", "row": 2, "action": "errno", "errno": "ENOSPC"})
+    args = ["--strategy", "pbt", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
+            *TINY, "--epochs", "2", "--interval", "1", "--population", "2", "--generations",
+            "2", "--device", "cpu", "--no-tensorboard", "--project", str(tmp_path),
+            "--name", "run"]
+    done = evolve(tmp_path, args, plan, 240)
+    run = tmp_path / "run"
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = f"yolo-ray: error: {run / 'evolve.csv'}: cannot append: No space left on device"
+    assert line in done.stderr.splitlines()
+    check_consistent(run, 2)

@@ -316,6 +316,8 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
                            "--interval)")
         with scoped_env(**TUNE_ENV):
             grid = build_pbt_tuner(resolved, plan, store).fit()
+        if store.write_error is not None:  # Tune swallowed it; the scheduler stopped the run
+            raise store.write_error
         return summarize(resolved, plan, store, grid, t0)
     finally:
         if store is not None:

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..evolve.ga import GeneticAlgorithm, trial_seed
 from ..evolve.operators import clip_to_space, mutate, select_parent, top_parents
 from ..evolve.records import TrialRecord
@@ -88,6 +88,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
+        # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
+        # not catch, so the run stops instead of retrying the member forever.
+        self.store_error: StoreError | None = None
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -135,7 +138,12 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        result = self._record_row(trial, result)
+        try:
+            result = self._record_row(trial, result)
+        except StoreError as e:
+            LOGGER.error(f"evolve: {e}; stopping (everything written before is intact)")
+            self.store_error = self.store_error or e
+            return self.STOP
         before = self._next_perturbation_sync
         decision = super().on_trial_result(tune_controller, trial, result)
         if self._next_perturbation_sync != before:  # every member reported: a round ended
@@ -143,12 +151,18 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         return decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
-        if result:
-            self._record_row(trial, result)
+        if result and self.store_error is None:
+            try:
+                self._record_row(trial, result)
+            except StoreError as e:
+                LOGGER.error(f"evolve: {e}; stopping (everything written before is intact)")
+                self.store_error = e
             self._save_state()
         super().on_trial_complete(tune_controller, trial, result)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        if self.store_error is not None:
+            raise self.store_error
         if self._resume_pending:
             self._resume_pending = False
             self._apply_saved_round(tune_controller)

@@ -72,6 +72,7 @@ class EvolutionStore:
         # Tests only (cluster/faults.py): called as (point, row, path, bytes) before each
         # write, so a kill, a torn write or a full disk can be staged at an exact point.
         self.fault_hook: Any = None
+        self.write_error: StoreError | None = None  # the first failed write (disk full, …)
         try:
             with self._locked(exclusive=True):
                 self._open_files()
@@ -362,7 +363,7 @@ class EvolutionStore:
             append_durable(self.csv_path, data)
             self._fault("store.after_csv", len(self._rows), self.csv_path, data)
         except OSError as e:
-            raise StoreError(f"{self.csv_path}: cannot append: {e.strerror or e}") from None
+            raise self._failed(f"{self.csv_path}: cannot append: {e.strerror or e}") from None
 
     def _append_sidecar(self, entries: list[dict[str, Any]]) -> None:
         if not entries:
@@ -372,7 +373,7 @@ class EvolutionStore:
             self._fault("store.sidecar", entries[0]["row"], self.sidecar_path, text.encode())
             append_durable(self.sidecar_path, text.encode("utf-8"))
         except OSError as e:
-            raise StoreError(f"{self.sidecar_path}: cannot append: {e.strerror or e}") from None
+            raise self._failed(f"{self.sidecar_path}: cannot append: {e.strerror or e}") from None
 
     def _write_hyp_yaml(self) -> None:
         """Rewrite hyp_evolve.yaml for the current best row (YOLOv5's header, §1.4)."""
@@ -383,7 +384,13 @@ class EvolutionStore:
             self._fault("store.yaml", j, self.yaml_path, b"")
             write_text_atomic(self.yaml_path, hyp_evolve_text(self._rows[j], len(self._rows)))
         except OSError as e:
-            raise StoreError(f"{self.yaml_path}: cannot write: {e.strerror or e}") from None
+            raise self._failed(f"{self.yaml_path}: cannot write: {e.strerror or e}") from None
+
+    def _failed(self, message: str) -> StoreError:
+        """A write error, remembered so a caller that swallowed it (Tune) can re-raise it."""
+        error = StoreError(message)
+        self.write_error = self.write_error or error
+        return error
 
     def _fault(self, point: str, row: int | None, path: Path, data: bytes) -> None:
         if self.fault_hook is not None:
