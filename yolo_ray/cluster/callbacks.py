@@ -57,6 +57,27 @@ class FailureReasonCallback(Callback):
         self.searcher.flush_failures()
 
 
+class CheckpointCleanupCallback(Callback):
+    """Deletes a finished trial's per-epoch checkpoints from storage (its row has the result).
+
+    Classic trials checkpoint every epoch only so that a retry resumes; once a trial ends,
+    its last checkpoint (about 3x the model in fp32) would otherwise stay in --storage for
+    each of the G trials. Errored trials keep theirs for `--resume`. Best effort.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        import pyarrow.fs as pafs
+
+        try:
+            fs, base = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            for entry in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+                if entry.type == pafs.FileType.Directory and entry.base_name.startswith(
+                        "checkpoint_"):
+                    fs.delete_dir(entry.path)
+        except (OSError, AttributeError, ValueError):
+            pass  # storage we cannot list: the checkpoints stay, nothing else changes
+
+
 class TensorBoardCallback(Callback):
     """TensorBoard under the run folder, written by the driver from Tune's results.
 

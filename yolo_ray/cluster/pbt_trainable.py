@@ -20,7 +20,7 @@ from ..evolve.ga import trial_seed
 from .pbt_state import CKPT_META
 from .request import isolate_devices, trial_device
 from .scheduler import MEMBER_KEY
-from .trainable import epoch_report
+from .trainable import epoch_report, node_label
 
 LOGGER = logging.getLogger("yolo_ray")
 SETTINGS_KEY = "settings"        # config: TrainSettings (or its plain dict), shared by members
@@ -76,7 +76,7 @@ class PBTTrainable(tune.Trainable):
         if in_ray:
             isolate_devices(gpu_ids, self._policy)  # before anything initialises CUDA
         self._gpu_ids = gpu_ids
-        self._node = ray.util.get_node_ip_address() if in_ray else "local"
+        self._node = node_label() if in_ray else "local"
         self._pending: dict[str, Any] | None = None
         self._shipped = data_blob  # shipping.ShippedData: extracted once per node
         self._build(config)

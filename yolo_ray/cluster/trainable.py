@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..evolve.ga import Suggestion
@@ -16,6 +19,8 @@ LR_KEYS = ("x/lr0", "x/lr1", "x/lr2")
 METRIC = "fitness"   # what Tune's searcher and schedulers optimise
 MODE = "max"
 TIME_ATTR = "epoch"  # ASHA's clock: finished epochs (1-based)
+CKPT_STATE = "state.pt"     # per-epoch trial checkpoint: trainer.state_dict() (fp32)
+CKPT_INFO = "trial.json"    # beside it: epoch and node, for people and tests
 
 
 def trial_config(s: Suggestion, suggested_at: float) -> dict[str, Any]:
@@ -61,6 +66,39 @@ def result_values(result: Mapping[str, Any]) -> list[float] | None:
         return None
 
 
+def node_label() -> str:
+    """`<ip>/<node id[:8]>` of the calling Ray worker: nodes sharing one IP stay apart."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id() or ""
+    return f"{ray.util.get_node_ip_address()}/{node_id[:8]}"
+
+
+def save_trial_checkpoint(trainer: Any, folder: Path, info: Mapping[str, Any]) -> None:
+    """The trainer's exact-resumption state plus a small JSON (epoch, node) into `folder`."""
+    import torch
+
+    torch.save(trainer.state_dict(), folder / CKPT_STATE)
+    (folder / CKPT_INFO).write_text(json.dumps({"epoch": trainer.epoch, "node": info["node"]}))
+
+
+def restore_trial_checkpoint(trainer: Any) -> int:
+    """Load Tune's checkpoint for this trial (a retry after a failure or a lost node).
+
+    Returns the epoch training resumes at (0 when there is no checkpoint).
+    """
+    import torch
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CKPT_STATE, map_location="cpu", weights_only=True)
+    trainer.load_train_state(state)
+    return int(trainer.epoch)
+
+
 def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any = None) -> None:
     """Train one suggested hyp set for `request.epochs`; report every epoch, then `final`.
 
@@ -83,19 +121,25 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any 
     settings = request.trial_settings(config.get("extras"), gpu_ids, seed=config["seed"],
                                       cuda_available=torch.cuda.is_available())
     settings = localize(settings, data_blob)
-    info = {"node": ray.util.get_node_ip_address(), "device": settings.device,
+    info = {"node": node_label(), "device": settings.device,
             "t_trial_start": t_start, "data": settings.data}
     records: list[Any] = []
 
     def report_epoch(record: Any) -> None:
         records.append(record)
         if record.epoch + 1 < settings.epochs:  # the last epoch is reported after fit()
-            tune.report(epoch_report(record) | info | {"final": False})
+            # A checkpoint every epoch (Tune keeps the newest): a retry after a failure or a
+            # lost node resumes here instead of from epoch 0.
+            with tempfile.TemporaryDirectory(prefix="yolo-ray-ckpt-") as folder:
+                save_trial_checkpoint(trainer, Path(folder), info)
+                tune.report(epoch_report(record) | info | {"final": False},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
         faults.before_epoch(index, attempt, record.epoch + 1, trainer.model)  # tests only
 
     trainer = Trainer(settings, Hyp.from_mapping(config["hyp"], "<trial hyp>"),
                       hooks=[report_epoch], write_files=False)
     trainer.setup()
+    info["resumed_at_epoch"] = restore_trial_checkpoint(trainer)
     index, attempt = int(config["trial_index"]), faults.start_attempt(f"t{config['trial_index']}")
     faults.before_epoch(index, attempt, trainer.epoch, trainer.model)  # tests only
     info["t_loop_start"] = time.time()

@@ -15,7 +15,11 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..errors import StoreError
 from ..evolve.plot import plot_evolve
-from .callbacks import FailureReasonCallback, TensorBoardCallback
+from .callbacks import (
+    CheckpointCleanupCallback,
+    FailureReasonCallback,
+    TensorBoardCallback,
+)
 from . import faults
 from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
@@ -116,7 +120,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
     limiter = ConcurrencyLimiter(searcher, max_concurrent=limiter_size(request.max_concurrent))
     # Tune's result.json/progress.csv per trial, but not its TensorBoard copy (ours is richer).
     callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(),
-                            FailureReasonCallback(searcher),
+                            FailureReasonCallback(searcher), CheckpointCleanupCallback(),
                             ProgressCallback(searcher.store, prepared.target_rows,
                                              request.max_concurrent)]
     if request.tensorboard:
@@ -130,6 +134,8 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=request.experiment_name, storage_path=request.storage_path,
+            # Trials checkpoint every epoch; the newest is all a retry needs.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
             callbacks=callbacks, verbose=0 if request.verbose < 2 else 1),
     )

@@ -1,0 +1,95 @@
+"""A worker node lost mid-run: its trial moves to the other worker and resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from yolo_ray.cli import main
+
+from .test_multinode import evolve_args, gpu_cluster, node_labels, tune_results
+
+ray = pytest.importorskip("ray")
+
+EPOCHS = 8       # enough that the trial is still training when its node goes
+GENERATIONS = 2  # one trial per worker, started together
+
+
+def first_checkpoint(experiment: Path) -> dict[str, Any] | None:
+    """The first per-epoch checkpoint a trial has written to storage: trial id, epoch, node."""
+    for info in sorted(experiment.glob("*/checkpoint_*/trial.json")):
+        try:
+            meta = json.loads(info.read_text())
+        except (OSError, ValueError):  # still being copied
+            continue
+        return {"trial_id": info.parent.parent.name, **meta}
+    return None
+
+
+class NodeKiller(threading.Thread):
+    """Removes the node of the first trial that checkpointed an epoch (from beside the driver)."""
+
+    def __init__(self, cluster: Any, experiment: Path, labels: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.experiment, self.labels = cluster, experiment, labels
+        self.victim: dict[str, Any] | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            found = first_checkpoint(self.experiment)
+            if found is not None and found["node"] in self.labels:
+                self.cluster.remove_node(self.labels[found["node"]], allow_graceful=False)
+                self.victim = found
+                return
+            self.stop.wait(0.1)
+
+
+@pytest.mark.ray
+def test_lost_worker_trial_resumes_on_the_other_from_its_checkpoint(
+        tmp_path, synthetic_data, tiny_model_yaml) -> None:
+    from yolo_ray.evolve.files import SIDECAR_NAME, read_evolve_csv
+
+    storage = tmp_path / "storage"
+    with gpu_cluster() as cluster:
+        head, workers = node_labels(cluster)
+        nodes = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
+        killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)))
+        killer.start()
+        try:
+            rc = main(evolve_args(synthetic_data, tiny_model_yaml, tmp_path / "runs", storage,
+                                  cluster.address, "--strategy", "classic", "--data-on-nodes",
+                                  "--epochs", str(EPOCHS), "--generations", str(GENERATIONS),
+                                  "--max-failures", "3"))
+        finally:
+            killer.stop.set()
+            killer.join()
+    assert rc == 0
+    victim = killer.victim
+    assert victim is not None and 1 <= victim["epoch"] < EPOCHS, victim
+    survivor = next(w for w in workers if w != victim["node"])
+
+    run = tmp_path / "runs" / "exp"
+    _, rows = read_evolve_csv(run / "evolve.csv")
+    assert len(rows) == GENERATIONS and len((run / "evolve.csv").read_text().splitlines()) == 3
+    entries = [json.loads(line) for line in (run / SIDECAR_NAME).read_text().splitlines()]
+    assert [e["row"] for e in entries] == [0, 1]  # no failed entry: the retry succeeded
+    assert all(e["status"] == "finished" and e["node"] == survivor for e in entries), entries
+    moved = next(e for e in entries if e["trial_id"] == victim["trial_id"])
+    assert moved["node"] == survivor
+
+    # Its Tune results: epochs on the lost worker, then a restart on the survivor that
+    # resumed after a checkpointed epoch (not from 0) and ran to the last epoch.
+    results = tune_results(storage / "exp")[victim["trial_id"]]
+    after = [r for r in results if r["node"] == survivor]
+    assert after and after[-1]["final"] and after[-1]["epoch"] == EPOCHS
+    resumed = after[0]["resumed_at_epoch"]
+    assert resumed >= victim["epoch"] >= 1
+    assert [r["epoch"] for r in after] == list(range(resumed + 1, EPOCHS + 1))
+    assert all(r["resumed_at_epoch"] == 0 for r in results if r["node"] == victim["node"])
+    assert head not in {r["node"] for r in results}
