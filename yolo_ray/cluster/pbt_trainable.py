@@ -146,7 +146,7 @@ class PBTTrainable(tune.Trainable):
             save_checkpoint(folder / WEIGHTS_FILE, trainer.checkpoint_payload(False))
         meta = {"member": self.member, "epoch": trainer.epoch,
                 "training_iteration": self.iteration, "fitness": trainer.last_fitness,
-                "weights_crc": weights_crc(trainer.model)}
+                "weights_crc": weights_crc(trainer.model), "node": self._node}
         (folder / CKPT_META).write_text(json.dumps(meta))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
