@@ -42,7 +42,7 @@ class Fault:
     errno: str = "ENOSPC"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Fault":
+    def from_dict(cls, d: dict[str, Any]) -> Fault:
         def ints(v: Any) -> tuple[int, ...] | None:
             return None if v is None else tuple(int(x) for x in v)
         return cls(str(d["point"]), str(d["action"]), ints(d.get("trials")),
