@@ -14,8 +14,8 @@ One classic evolution per setting, side by side in one run, each on its own fres
 Per trial, from the run's own timestamps (bench/evolve_overhead.py's definitions): before =
 loop start - suggestion (spawn = trial function start - suggestion, setup = loop start - trial
 function start: data extraction or cache lookup, label scan, model build), after = row in
-evolve.csv - loop end. "First" is the run's first trial (cold worker; with shipping, the cache
-miss), "later" the median of the others (cache hits). A direct timing without Ray adds what
+evolve.csv - loop end. "First" is a run's first trial (cold worker; with shipping, the cache
+miss), "later" its other trials (cache hits); medians over --rounds interleaved repeats. A direct timing without Ray adds what
 shipping costs once: packing on the driver, extraction (miss) and lookup (hit) on a node, and
 the label scan a node skips because the bundle carries the driver's label cache.
 
@@ -38,7 +38,8 @@ from pathlib import Path
 
 from evolve_overhead import summarize, trial_overheads  # bench/ is sys.path[0] when run
 
-SETTINGS = (("local", True), ("local", False), ("shipped", True), ("shipped", False))
+# Local and shipped back to back: on a shared box the load drifts, neighbours compare best.
+SETTINGS = (("local", True), ("shipped", True), ("local", False), ("shipped", False))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-img", type=int, default=320, help="size of the generated images")
     p.add_argument("--cpus", type=int, default=2, help="CPUs given to each local Ray")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the direct timings")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="times each setting runs (interleaved); medians over all rounds")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     return p.parse_args(argv)
 
@@ -97,8 +100,8 @@ def direct_costs(data: str, root: Path, repeats: int) -> dict[str, float]:
 
 
 def run_setting(args: argparse.Namespace, data: str, root: Path, source: str,
-                reuse: bool) -> dict:
-    """One classic evolution on a fresh local Ray; its per-trial overheads."""
+                reuse: bool, round_: int) -> list[dict[str, float]]:
+    """One classic evolution on a fresh local Ray; its per-trial overheads, in trial order."""
     import ray
 
     from yolo_ray.cluster.launch import run_evolution
@@ -106,7 +109,7 @@ def run_setting(args: argparse.Namespace, data: str, root: Path, source: str,
     from yolo_ray.cluster.shipping import CACHE_ENV
     from yolo_ray.config.load import load_hyp
 
-    name = f"{source}-{'reuse' if reuse else 'fresh'}"
+    name = f"{source}-{'reuse' if reuse else 'fresh'}-{round_}"
     cache = root / f"cache-{name}"
     # address="local": a fresh Ray even when other `ray start` clusters run on this machine;
     # the env vars reach the trial workers (an empty node cache per setting), as in launch.py.
@@ -125,8 +128,14 @@ def run_setting(args: argparse.Namespace, data: str, root: Path, source: str,
     assert summary.rows == args.generations, summary
     copies = [p for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
     assert len(copies) == (1 if source == "shipped" else 0), copies  # one extraction per node
-    trials = trial_overheads(summary.timings)
-    return {"source": source, "reuse": reuse, **summarize(trials, 1), "per_trial": trials}
+    return trial_overheads(summary.timings)
+
+
+def combine(source: str, reuse: bool, runs: list[list[dict[str, float]]]) -> dict:
+    """Medians over rounds: each run's first trial is 'first', all others 'later'."""
+    firsts, laters = [r[0] for r in runs], [t for r in runs for t in r[1:]]
+    return {"source": source, "reuse": reuse, **summarize(firsts + laters, len(firsts)),
+            "per_trial": runs}
 
 
 def _ratio(x: float, base: float) -> str:
@@ -134,17 +143,19 @@ def _ratio(x: float, base: float) -> str:
 
 
 def markdown(results: list[dict], direct: dict[str, float]) -> str:
-    base = next(r for r in results if r["source"] == "local" and r["reuse"])
+    local = {r["reuse"]: r for r in results if r["source"] == "local"}
     lines = [("| data | actor reuse | first trial: before loop (start + setup) | later trials: "
-              "before loop (start + setup) | later: after loop | later before ÷ local-reuse "
-              "later before | outside share, later trials (projected 60 s trial) |"),
+              "before loop (start + setup) | later: after loop | before loop ÷ local, same reuse: "
+              "first / later | outside share, later trials (projected 60 s trial) |"),
              "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['source']} | {'yes' if r['reuse'] else 'no'} | {r['cold_before_s']:.2f} "
             f"({r['cold_spawn_s']:.2f} + {r['cold_setup_s']:.2f}) s | "
             f"{r['warm_before_s']:.2f} ({r['warm_spawn_s']:.2f} + {r['warm_setup_s']:.2f}) s | "
-            f"{r['warm_after_s']:.2f} s | {_ratio(r['warm_before_s'], base['warm_before_s'])} | "
+            f"{r['warm_after_s']:.2f} s | "
+            f"{_ratio(r['cold_before_s'], local[r['reuse']]['cold_before_s'])} / "
+            f"{_ratio(r['warm_before_s'], local[r['reuse']]['warm_before_s'])} | "
             f"{100 * r['warm_share']:.1f} % ({100 * r['projected_share_60s']:.2f} %) |")
     d = direct
     lines += ["", ("| shipped bundle | pack on the driver | extract on a node (miss) | cache "
@@ -172,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         data = str(write_synthetic_dataset(root / "data", n_train=args.n_train, n_val=args.n_val,
                                            imgsz=args.data_img, seed=0))
         direct = direct_costs(data, root, args.repeats)  # also writes the driver's label cache
-        results = [run_setting(args, data, root, source, reuse) for source, reuse in SETTINGS]
+        runs: dict[tuple[str, bool], list] = {s: [] for s in SETTINGS}
+        for round_ in range(args.rounds):
+            for source, reuse in SETTINGS:
+                runs[(source, reuse)].append(run_setting(args, data, root, source, reuse, round_))
+        results = [combine(source, reuse, runs[(source, reuse)]) for source, reuse in SETTINGS]
     load_after = _uptime()
     print("python bench/shipping.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"uptime before: {load_before}\nuptime after:  {load_after}")
