@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         data = str(write_synthetic_dataset(root / "data", n_train=args.n_train, n_val=16,
                                            imgsz=args.img, seed=0))
         t0 = time.time()
-        ray.init(num_cpus=args.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=args.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
         ray_init_s = time.time() - t0
         try:

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     case = coco128_case() if args.coco128 else synthetic_case(work)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         pbt = run_strategy(case, "pbt", work, args)
         classic = run_strategy(case, "classic", work, args)

@@ -78,3 +78,12 @@ def test_docs_have_one_block_per_benchmark_that_ran() -> None:
     names = block_names(docs.read_text())
     assert len(names) == len(set(names))
     assert set(names) <= {b.name for b in BENCHES}
+
+
+def test_a_marker_mentioned_in_prose_is_not_a_block() -> None:
+    prose = "Blocks look like `<!-- bench:scale -->` … `<!-- /bench:scale -->`.\n\n"
+    text = prose + DOC
+    assert block_names(text) == ["scale", "other"]
+    out = replace_block(text, "scale", "| new |")
+    assert out.startswith(prose)
+    assert "<!-- bench:scale -->\n| new |\n<!-- /bench:scale -->" in out

@@ -56,5 +56,6 @@ def test_only_the_restricted_unpickler_subclasses_unpickler() -> None:
 def test_embedded_ray_keeps_the_dashboard_local() -> None:
     text = (PKG / "cluster" / "launch.py").read_text()
     inits = re.findall(r"ray\.init\(([^)]*)\)", text)
-    local = [a for a in inits if "address" not in a]
-    assert local and all("include_dashboard=False" in a and '"127.0.0.1"' in a for a in local)
+    # The embedded default starts its own Ray (address="local", never an existing cluster).
+    local = [a for a in inits if 'address="local"' in a]
+    assert len(local) == 1 and all("include_dashboard=False" in a and '"127.0.0.1"' in a for a in local)

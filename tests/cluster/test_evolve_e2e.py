@@ -26,7 +26,7 @@ GENERATIONS = 4
 @pytest.fixture(scope="module")
 def ray_fake_gpus():
     """2 CPUs and 2 logical GPUs; trials are placed on 'GPUs' but must train on the CPU."""
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     yield
     ray.shutdown()

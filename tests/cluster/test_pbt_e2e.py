@@ -52,7 +52,7 @@ def results_by_trial(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -210,7 +210,7 @@ from yolo_ray.cluster.pbt_launch import run_pbt
 from yolo_ray.cluster.request import EvolveRequest
 from yolo_ray.config.load import load_hyp
 a = json.loads(sys.argv[1])
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 s = run_pbt(EvolveRequest(run_dir=Path(a["run"]), data=a["data"], hyp=load_hyp(None),
     cfg=a["cfg"], strategy="pbt", epochs=3, generations=3, interval=1, population=2,
     imgsz=64, batch_size=8, workers=0, cpus_per_trial=1, gpus_per_trial=0.0, verbose=0,

@@ -164,7 +164,9 @@ def connect(request: EvolveRequest) -> bool:
             LOGGER.warning("evolve: joined a cluster without --storage: fine while it has one "
                            "node; pass a shared --storage before adding workers")
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **common)
+        # address="local": always a fresh embedded Ray. With None, ray.init would silently join
+        # whatever `ray start` cluster /tmp/ray/ray_current_cluster names on this machine.
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", **common)
     return True
 
 
