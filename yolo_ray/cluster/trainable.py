@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,6 +23,9 @@ MODE = "max"
 TIME_ATTR = "epoch"  # ASHA's clock: finished epochs (1-based)
 CKPT_STATE = "state.pt"     # per-epoch trial checkpoint: trainer.state_dict() (fp32)
 CKPT_INFO = "trial.json"    # beside it: epoch and node, for people and tests
+# What torch.load raises on a truncated, garbled or missing state.pt.
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
+LOGGER = logging.getLogger("yolo_ray")
 
 
 def trial_config(s: Suggestion, suggested_at: float) -> dict[str, Any]:
@@ -82,19 +87,35 @@ def save_trial_checkpoint(trainer: Any, folder: Path, info: Mapping[str, Any]) -
     (folder / CKPT_INFO).write_text(json.dumps({"epoch": trainer.epoch, "node": info["node"]}))
 
 
+def read_trial_state(folder: Path) -> dict[str, Any] | None:
+    """The trainer state saved in checkpoint `folder`, or None (with a warning naming the file)
+    when it cannot be read: a corrupt checkpoint costs the trial its progress, not the run."""
+    import torch
+
+    path = folder / CKPT_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        LOGGER.warning(f"{path}: corrupt checkpoint ({type(e).__name__}: {first}); "
+                       f"the trial restarts at epoch 0")
+        return None
+
+
 def restore_trial_checkpoint(trainer: Any) -> int:
     """Load Tune's checkpoint for this trial (a retry after a failure or a lost node).
 
-    Returns the epoch training resumes at (0 when there is no checkpoint).
+    Returns the epoch training resumes at (0 when there is no checkpoint or it is unreadable).
     """
-    import torch
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CKPT_STATE, map_location="cpu", weights_only=True)
+        state = read_trial_state(Path(folder))
+    if state is None:
+        return 0
     trainer.load_train_state(state)
     return int(trainer.epoch)
 
