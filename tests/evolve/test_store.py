@@ -261,16 +261,23 @@ def test_record_hyps_must_match_the_columns(tmp_path: Path) -> None:
     assert not (tmp_path / "evolve.csv").exists()
 
 
-def test_store_pickles_by_reopening(tmp_path: Path) -> None:
+def test_store_pickles_to_the_live_store_or_by_reopening(tmp_path: Path) -> None:
+    """Unpickled in the process that has the folder open (a restored Tune scheduler): the same
+    object, so its write errors reach the driver. Once closed: reopened from disk."""
     store = EvolutionStore(tmp_path, KEYS)
     store.append(rec("a", 0.1))
-    clone = pickle.loads(pickle.dumps(store))
-    assert clone.hyp_keys == KEYS and [r.meta["trial_id"] for r in clone.rows()] == ["a"]
-    clone.append(rec("b", 0.2))
-    assert len(store.rows()) == 2
+    blob = pickle.dumps(store)
+    assert pickle.loads(blob) is store
+    store.write_error = StoreError("disk full")
+    assert pickle.loads(blob).write_error is store.write_error
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.rows()
+    clone = pickle.loads(blob)
+    assert clone is not store and clone.write_error is None
+    assert clone.hyp_keys == KEYS and [r.meta["trial_id"] for r in clone.rows()] == ["a"]
+    clone.append(rec("b", 0.2))
+    assert len(EvolutionStore(tmp_path, KEYS).rows()) == 2
 
 
 def test_trial_rows_reports_committed_rows_and_failures_only(tmp_path: Path) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import StoreError
-from .records import Row, make_row, parse_header, parse_values
+from ..train.results import RESULT_KEYS
+from .records import Row, TrialRecord, format_row, make_row, parse_header, parse_values
 
 SIDECAR_NAME = "evolve_trials.jsonl"
 
@@ -135,3 +137,43 @@ def json_scalar(value: object) -> object:
     if callable(item):
         return item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """The bytes of `path` after `offset` (nothing when the file does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def seed_records(data: bytes, source: str, hyp_keys: Sequence[str] | None,
+                 drop: Sequence[str] = ()) -> tuple[tuple[str, ...], list[TrialRecord]]:
+    """The hyp columns and one "seed" TrialRecord per row of an evolve.csv's bytes.
+
+    Columns are matched by name; the file must have exactly `hyp_keys` (when given) apart
+    from `drop`. Trial ids derive from the line contents, so importing twice adds nothing.
+    """
+    columns, rows = read_evolve_csv_bytes(data, source)
+    file_hyp = [c for c in columns if c not in RESULT_KEYS and c not in drop]
+    keys = tuple(hyp_keys) if hyp_keys is not None else tuple(file_hyp)
+    extra = [c for c in file_hyp if c not in keys]
+    if extra:
+        raise StoreError(f"{source}: hyp column(s) not in this run's search space/hyps: "
+                         f"{', '.join(extra)}")
+    missing = [k for k in keys if k not in file_hyp]
+    if missing:
+        raise StoreError(f"{source}: lacks hyp column(s) of this run: {', '.join(missing)}")
+    records = []
+    for i, values in enumerate(rows):
+        by_name = dict(zip(columns, values))
+        digest = hashlib.sha1(format_row(values).encode()).hexdigest()[:12]
+        records.append(TrialRecord(
+            f"seed-{digest}-{i}", "finished", {k: by_name[k] for k in keys},
+            [by_name[k] for k in RESULT_KEYS], strategy="seed",
+            reason=f"seeded from {source} row {i}"))
+    return keys, records

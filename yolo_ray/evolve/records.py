@@ -204,3 +204,4 @@ def hyp_evolve_text(best: Row, n_rows: int) -> str:
     # Sidecar-only genes are not hyps (YOLOv5 would reject them as keys): a trailing comment.
     tail = "# sidecar genes: " + ", ".join(f"{k}={v}" for k, v in extras.items()) + "\n"
     return "\n".join(header) + "\n\n" + body + (tail if extras else "")
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from ..errors import StoreError
 from ..train.results import RESULT_KEYS
 from .files import (
     SIDECAR_NAME, append_durable, complete_lines, decode_line, json_scalar, parse_sidecar_line,
-    read_evolve_csv_bytes, truncate_torn, write_text_atomic,
+    read_from, seed_records, truncate_torn, write_text_atomic,
 )
 from .records import (
     Row, RowTable, TrialRecord, best_row_index, format_header, format_row, hyp_evolve_text,
@@ -31,6 +30,9 @@ YAML_NAME = "hyp_evolve.yaml"
 LOCK_NAME = ".evolve.lock"  # flock target, so agents sharing the folder append in turn
 
 _LOG = logging.getLogger(__name__)
+# The stores open in this process, by folder: unpickling one (a restored Tune scheduler or
+# searcher) hands back the live object, so the driver sees its write errors and fault hooks.
+_OPEN: "weakref.WeakValueDictionary[Path, EvolutionStore]" = weakref.WeakValueDictionary()
 
 
 class EvolutionStore:
@@ -79,6 +81,7 @@ class EvolutionStore:
         except BaseException:
             self.close()
             raise
+        _OPEN.setdefault(self.dir.resolve(), self)
 
     # ----------------------------------------------------------------- lifecycle / locking
     def _open_lock(self) -> int:
@@ -98,10 +101,13 @@ class EvolutionStore:
         if getattr(self, "_lock_fd", -1) >= 0:
             self._finalizer()  # closes the fd once, also when the store is garbage-collected
             self._lock_fd = -1
+            if _OPEN.get(self.dir.resolve()) is self:
+                del _OPEN[self.dir.resolve()]
 
     def __reduce__(self) -> tuple[type["EvolutionStore"], tuple[Path, tuple[str, ...] | None]]:
-        # Locks and fds do not travel (e.g. a Tune searcher checkpoint): reopen from disk.
-        return (EvolutionStore, (self.dir, self._hyp_keys))
+        # Locks and fds do not travel (e.g. a Tune searcher checkpoint): reopen from disk, or
+        # share the store this process already has open for the folder.
+        return (reopen_store, (self.dir, self._hyp_keys))
 
     def __enter__(self) -> "EvolutionStore":
         return self
@@ -138,19 +144,9 @@ class EvolutionStore:
             truncate_torn(self.sidecar_path, self._side_offset, self._side_offset + side_torn)
         self._reconcile()
 
-    def _read_new(self, path: Path, offset: int) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
-        except OSError as e:
-            raise StoreError(f"{path}: cannot read: {e.strerror or e}") from None
-
     def _consume_csv(self) -> int:
         """Parse appended complete csv lines; returns the length of a trailing partial line."""
-        data = self._read_new(self.csv_path, self._csv_offset)
+        data = read_from(self.csv_path, self._csv_offset)
         lines, used = complete_lines(data)
         path, new_rows = str(self.csv_path), []
         lineno, columns = self._csv_lineno, self._columns
@@ -168,7 +164,7 @@ class EvolutionStore:
 
     def _consume_sidecar(self) -> int:
         """Parse appended sidecar lines (one JSON object each); returns a torn tail's length."""
-        data = self._read_new(self.sidecar_path, self._side_offset)
+        data = read_from(self.sidecar_path, self._side_offset)
         lines, used = complete_lines(data)
         entries, lineno = [], self._side_lineno
         for raw in lines:
@@ -409,29 +405,20 @@ class EvolutionStore:
         except OSError as e:
             raise StoreError(f"{src}: cannot read evolve.csv to seed from: "
                              f"{e.strerror or e}") from None
-        columns, rows = read_evolve_csv_bytes(data, str(src))
-        file_hyp = [c for c in columns if c not in RESULT_KEYS and c not in drop]
-        keys = self._hyp_keys if self._hyp_keys is not None else tuple(file_hyp)
-        extra = [c for c in file_hyp if c not in keys]
-        if extra:
-            raise StoreError(f"{src}: hyp column(s) not in this run's search space/hyps: "
-                             f"{', '.join(extra)}")
-        missing = [k for k in keys if k not in file_hyp]
-        if missing:
-            raise StoreError(f"{src}: lacks hyp column(s) of this run: {', '.join(missing)}")
-        self._hyp_keys = keys
-        records = []
-        for i, values in enumerate(rows):
-            by_name = dict(zip(columns, values))
-            digest = hashlib.sha1(format_row(values).encode()).hexdigest()[:12]
-            records.append(TrialRecord(
-                f"seed-{digest}-{i}", "finished", {k: by_name[k] for k in keys},
-                [by_name[k] for k in RESULT_KEYS], strategy="seed",
-                reason=f"seeded from {src} row {i}"))
+        self._hyp_keys, records = seed_records(data, str(src), self._hyp_keys, drop)
         before = len(self._rows)
         self._append_many(records)
         return len(self._rows) - before
 
 
-__all__ = ["EvolutionStore", "TrialRecord", "Row", "RowTable", "CSV_NAME", "SIDECAR_NAME",
+def reopen_store(directory: Path, hyp_keys: Sequence[str] | None = None) -> EvolutionStore:
+    """The store this process has open for `directory`, else a newly opened one (unpickling)."""
+    live = _OPEN.get(Path(directory).resolve())
+    if live is not None and live._lock_fd >= 0 and (
+            hyp_keys is None or live.hyp_keys is None or tuple(hyp_keys) == live.hyp_keys):
+        return live
+    return EvolutionStore(directory, hyp_keys)
+
+
+__all__ = ["EvolutionStore", "reopen_store", "TrialRecord", "Row", "RowTable", "CSV_NAME", "SIDECAR_NAME",
            "YAML_NAME", "LOCK_NAME"]
