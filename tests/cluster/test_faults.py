@@ -256,14 +256,22 @@ def test_corrupt_pbt_checkpoint_on_resume_restarts_the_member(tmp_path, syntheti
 
 
 @pytest.mark.slow
-def test_pbt_storage_full_stops_cleanly(tmp_path, synthetic_data, tiny_model_yaml) -> None:
-    """Round 1's first row cannot be written: exit 2, one line naming evolve.csv, round 0 intact."""
-    plan = write_plan(tmp_path / "faults",
-                      {"point": "store.csv", "row": 2, "action": "errno", "errno": "ENOSPC"})
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "resumed"])
+def test_pbt_storage_full_stops_cleanly(tmp_path, synthetic_data, tiny_model_yaml,
+                                        resumed: bool) -> None:
+    """Round 1's first row cannot be written: exit 2, one line naming evolve.csv, round 0 intact.
+    Also after --resume, where Tune's restored scheduler writes the rows."""
     args = ["--strategy", "pbt", "--data", str(synthetic_data), "--cfg", str(tiny_model_yaml),
             *TINY, "--epochs", "2", "--interval", "1", "--population", "2", "--generations",
             "2", "--device", "cpu", "--no-tensorboard", "--project", str(tmp_path),
             "--name", "run"]
+    plan = write_plan(tmp_path / "faults",
+                      {"point": "store.csv", "row": 2, "action": "errno", "errno": "ENOSPC"})
+    if resumed:
+        first = evolve(tmp_path, args, write_plan(tmp_path / "kill", {
+            "point": "store.after_csv", "row": 1, "action": "kill"}), 240)
+        assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+        args = ["--resume", "run", "--project", str(tmp_path)]
     done = evolve(tmp_path, args, plan, 240)
     run = tmp_path / "run"
     assert done.returncode == 2, done.stderr[-3000:]

@@ -288,3 +288,21 @@ def test_trial_rows_reports_committed_rows_and_failures_only(tmp_path: Path) -> 
     other.append(rec("b", 0.3))
     assert store.trial_rows(["a", "b", "f", "missing"]) == {"a": 0, "b": 1, "f": None}
     assert store.trial_rows([]) == {}
+
+
+def test_a_yaml_behind_the_csv_is_rewritten_on_open(tmp_path: Path, caplog) -> None:
+    """Killed after a row reached evolve.csv, before hyp_evolve.yaml: opening catches it up."""
+    store = EvolutionStore(tmp_path, KEYS)
+    store.append(rec("a", 0.1))
+    stale = (tmp_path / "hyp_evolve.yaml").read_text()
+    store.append(rec("b", 0.9))
+    expected = (tmp_path / "hyp_evolve.yaml").read_text()
+    store.close()
+    (tmp_path / "hyp_evolve.yaml").write_text(stale)
+    with caplog.at_level("WARNING"):
+        EvolutionStore(tmp_path, KEYS).close()
+    assert (tmp_path / "hyp_evolve.yaml").read_text() == expected
+    assert "behind" in caplog.text and "2 rows" in caplog.text
+    caplog.clear()
+    EvolutionStore(tmp_path, KEYS).close()  # up to date: not touched, no warning
+    assert "behind" not in caplog.text

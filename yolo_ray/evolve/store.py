@@ -143,6 +143,23 @@ class EvolutionStore:
         if side_torn:
             truncate_torn(self.sidecar_path, self._side_offset, self._side_offset + side_torn)
         self._reconcile()
+        self._catch_up_yaml()
+
+    def _catch_up_yaml(self) -> None:
+        """Rewrite hyp_evolve.yaml when it lags evolve.csv (a kill between a row and the yaml)."""
+        if not self._rows:
+            return
+        try:
+            text = self.yaml_path.read_text()
+        except FileNotFoundError:
+            text = ""
+        except OSError as e:
+            raise StoreError(f"{self.yaml_path}: cannot read: {e.strerror or e}") from None
+        if f"# Last generation: {len(self._rows) - 1}\n" in text:
+            return
+        _LOG.warning("%s: behind %s (%d rows; a killed write); rewritten for the best row",
+                     self.yaml_path, self.csv_path, len(self._rows))
+        self._write_hyp_yaml()
 
     def _consume_csv(self) -> int:
         """Parse appended complete csv lines; returns the length of a trailing partial line."""
