@@ -9,7 +9,9 @@ records (suggestion in the searcher, loop start/end in the trial, row written by
     after  = row written - loop end      (final report, Tune bookkeeping, store append)
     share  = (before + after) / (row written - suggestion)
 
-"Loop" is Trainer.fit(): every epoch plus the final validation. The first trial of each slot
+"Loop" is Trainer.fit(): every epoch plus the final validation. Beside each setting, the same
+trials run in SLOTS bare processes (multiprocessing, no Ray, no Tune): the machine's own
+concurrency ceiling, so "2 slots vs 1" can be read against what two processes get here at all. The first trial of each slot
 starts a cold Ray worker (process spawn, torch import), later ones reuse it (reuse_actors), so
 both are reported. Trials/hour = trials / (last row written - first suggestion); the warm figure
 leaves out the cold first trial of each slot.
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SLOTSxCPUS settings to compare (concurrent trials x CPUs each)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--no-bare", dest="bare", action="store_false",
+                   help="skip the bare-process ceiling runs")
     return p.parse_args(argv)
 
 
@@ -84,18 +89,52 @@ def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
     }
 
 
-def run_once(args: argparse.Namespace, data: str, root: Path, config: str) -> dict[str, float]:
-    from yolo_ray.cluster.launch import run_evolution
+def make_request(args: argparse.Namespace, data: str, root: Path, config: str) -> Any:
     from yolo_ray.cluster.request import EvolveRequest
     from yolo_ray.config.load import load_hyp
 
     slots, cpus = (int(x) for x in config.split("x"))
-    request = EvolveRequest(
+    return EvolveRequest(
         run_dir=root / config, data=data, hyp=load_hyp(), cfg=args.cfg,
         epochs=args.epochs, generations=args.generations, imgsz=args.img,
         batch_size=args.batch_size, workers=0, gpus_per_trial=0.0,
         cpus_per_trial=cpus, max_concurrent=slots, verbose=0)
-    summary = run_evolution(request)
+
+
+def bare_trials(request: Any, seeds: list[int]) -> list[tuple[float, float]]:
+    """In a bare process: one full trial (setup + fit) per seed; (start, end) wall times."""
+    from yolo_ray.train.trainer import Trainer
+
+    spans = []
+    for seed in seeds:
+        t0 = time.time()
+        trainer = Trainer(request.trial_settings(None, (), seed=seed), request.hyp,
+                          write_files=False)
+        trainer.setup()
+        trainer.fit()
+        spans.append((t0, time.time()))
+    return spans
+
+
+def run_bare(args: argparse.Namespace, data: str, root: Path, config: str) -> float:
+    """Warm trials/hour of the same trials in SLOTS plain processes (first trial each left out:
+    process start and imports, as a cold Ray worker)."""
+    import multiprocessing as mp
+
+    request = make_request(args, data, root, config)
+    slots = request.max_concurrent
+    seeds = [[i for i in range(args.generations) if i % slots == k] for k in range(slots)]
+    with mp.get_context("spawn").Pool(slots) as pool:
+        spans = pool.starmap(bare_trials, [(request, s) for s in seeds])
+    warm = [span for per_proc in spans for span in per_proc[1:]]
+    return 3600 * len(warm) / (max(e for _, e in warm) - min(s for s, _ in warm))
+
+
+def run_once(args: argparse.Namespace, data: str, root: Path, config: str) -> dict[str, float]:
+    from yolo_ray.cluster.launch import run_evolution
+
+    slots, cpus = (int(x) for x in config.split("x"))
+    summary = run_evolution(make_request(args, data, root, config))
     assert summary.rows == args.generations, summary
     trials = trial_overheads(summary.timings)
     stats = summarize(trials, slots)
@@ -120,6 +159,17 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
             f"{100 * r['warm_share']:.1f} % ({100 * r['share_all']:.1f} %) | "
             f"{100 * r['projected_share_60s']:.2f} % |")
     lines.append(f"\nray.init (once per run, not per trial): {ray_init_s:.1f} s")
+    if all("bare_warm_trials_per_hour" in r for r in results):
+        lines += ["", "| slots × CPUs | ours, warm trials/hour | bare processes, warm trials/hour "
+                  "| ours / bare | speed-up vs first setting: ours | bare |",
+                  "|---|---|---|---|---|---|"]
+        base = results[0]
+        for r in results:
+            ours, bare = r["warm_trials_per_hour"], r["bare_warm_trials_per_hour"]
+            lines.append(
+                f"| {int(r['slots'])} × {int(r['cpus'])} | {ours:.0f} | {bare:.0f} | "
+                f"{ours / bare:.2f} | {ours / base['warm_trials_per_hour']:.2f}× | "
+                f"{bare / base['bare_warm_trials_per_hour']:.2f}× |")
     return "\n".join(lines)
 
 
@@ -139,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                  logging_level=logging.WARNING)
         ray_init_s = time.time() - t0
         try:
-            results = [run_once(args, data, root, c) for c in args.configs]
+            results = []
+            for c in args.configs:  # interleaved, so a drifting machine hits both alike
+                results.append(run_once(args, data, root, c))
+                if args.bare:
+                    results[-1]["bare_warm_trials_per_hour"] = run_bare(args, data, root, c)
         finally:
             ray.shutdown()
     print("python bench/evolve_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -41,6 +41,14 @@ def test_generations_must_be_positive(tmp_path, synthetic_data, tiny_model_yaml,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("budget", ["0", "1.5", "-0.1"])
+def test_checkpoint_budget_must_be_a_share(tmp_path, synthetic_data, tiny_model_yaml, capsys,
+                                           budget: str) -> None:
+    assert run(tmp_path, synthetic_data, tiny_model_yaml, "--checkpoint-budget", budget) == 2
+    assert f"--checkpoint-budget must be in (0, 1], got {float(budget)}" in error(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_meta_lower_above_upper(tmp_path, synthetic_data, tiny_model_yaml, capsys) -> None:
     meta = tmp_path / "meta.yaml"
     meta.write_text("lr0: [1, 0.1, 0.01]\n")

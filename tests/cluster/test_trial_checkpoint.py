@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_ray.cluster.trainable import CKPT_STATE, read_trial_state
+from yolo_ray.cluster.trainable import CKPT_STATE, checkpoint_due, read_trial_state
 
 
 def saved_state(folder: Path) -> dict:
@@ -55,3 +55,28 @@ def test_a_malicious_pickle_is_refused_not_run(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="yolo_ray"):
         assert read_trial_state(tmp_path) is None
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("train_s, cost, budget, due", [
+    (0.0, None, 0.05, True),     # the first one measures the cost
+    (1.9, 0.1, 0.05, False),     # 0.1 s would be 5.3 % of 1.9 s
+    (2.0, 0.1, 0.05, True),      # exactly the budget
+    (0.01, 5.0, 1.0, True),      # budget 1: every epoch
+    (10.0, 0.2, 0.01, False),
+    (20.0, 0.2, 0.01, True),
+])
+def test_checkpoints_keep_within_their_time_budget(train_s: float, cost: float | None,
+                                                   budget: float, due: bool) -> None:
+    assert checkpoint_due(train_s, cost, budget) is due
+
+
+def test_epochs_between_checkpoints_follow_the_budget() -> None:
+    """1 s epochs, 0.2 s checkpoints, 5 %: after the first, one checkpoint every 4 epochs."""
+    since, cost, saved = 0.0, None, []
+    for epoch in range(13):
+        since += 1.0
+        if checkpoint_due(since, cost, 0.05):
+            saved.append(epoch)
+            since, cost = 0.0, 0.2
+    assert saved == [0, 4, 8, 12]
+    assert len(saved) * 0.2 <= 0.05 * 13 + 0.2  # the first one is the only overshoot

@@ -81,6 +81,9 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-concurrent", type=int, default=0,
                    help="concurrent trials (default: GPUs // gpus-per-trial, or CPU slots)")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
+    r.add_argument("--checkpoint-budget", type=float, default=0.05, metavar="FRACTION",
+                   help="classic: checkpoint after an epoch only while checkpoints take at "
+                        "most this share of the trial's time (1: every epoch)")
     r.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     r.add_argument("--storage", default=None, help="shared Tune storage (s3://…, NFS path)")
     r.add_argument("--data-on-nodes", action="store_true",
@@ -136,7 +139,8 @@ def request_from_args(a: argparse.Namespace):
         gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial,
         max_concurrent=a.max_concurrent, address=a.address, storage=_storage(a.storage),
         ship_data=_ship(a, False),
-        max_failures=a.max_failures, early_stop=a.early_stop, seed_csv=_abs(a.seed_csv),
+        max_failures=a.max_failures, checkpoint_budget=a.checkpoint_budget,
+        early_stop=a.early_stop, seed_csv=_abs(a.seed_csv),
         device_policy=a.device_policy, tensorboard=a.tensorboard, verbose=a.verbose,
     )
 

@@ -58,6 +58,7 @@ class EvolveRequest:
     storage: str | None = None           # Tune storage path/URI; None = the run folder
     ship_data: bool = False              # pack data + weights on the driver, extract per node
     max_failures: int = 1                # retries per trial before it is recorded failed
+    checkpoint_budget: float = 0.05      # classic: most of a trial's time its checkpoints take
     reuse_actors: bool = True            # classic: a finished trial's worker runs the next one
     early_stop: str = "none"             # none | asha
     resume: bool = False
@@ -183,6 +184,8 @@ def request_problems(r: EvolveRequest) -> list[str]:
          f"--cpus-per-trial must be >= 1, got {r.cpus_per_trial}"),
         (r.max_concurrent >= 0, f"--max-concurrent must be >= 0, got {r.max_concurrent}"),
         (r.max_failures >= -1, f"--max-failures must be >= -1, got {r.max_failures}"),
+        (0 < r.checkpoint_budget <= 1,
+         f"--checkpoint-budget must be in (0, 1], got {r.checkpoint_budget}"),
         (r.workers is None or r.workers >= 0, f"--workers must be >= 0, got {r.workers}"),
     ]
     out = [msg for ok, msg in checks if not ok]

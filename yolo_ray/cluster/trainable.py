@@ -87,6 +87,13 @@ def save_trial_checkpoint(trainer: Any, folder: Path, info: Mapping[str, Any]) -
     (folder / CKPT_INFO).write_text(json.dumps({"epoch": trainer.epoch, "node": info["node"]}))
 
 
+def checkpoint_due(train_s: float, last_cost_s: float | None, budget: float) -> bool:
+    """Checkpoint after this epoch? The first time always (it measures the cost); then once the
+    training time since the last one is at least cost / budget, so checkpoints take at most
+    `budget` of the trial and a lost node costs at most about cost / budget of training."""
+    return last_cost_s is None or budget >= 1 or last_cost_s <= budget * train_s
+
+
 def read_trial_state(folder: Path) -> dict[str, Any] | None:
     """The trainer state saved in checkpoint `folder`, or None (with a warning naming the file)
     when it cannot be read: a corrupt checkpoint costs the trial its progress, not the run."""
@@ -146,15 +153,22 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any 
             "t_trial_start": t_start, "data": settings.data}
     records: list[Any] = []
 
+    clock = {"since": time.perf_counter(), "cost": None}  # last checkpoint's end and cost
+
     def report_epoch(record: Any) -> None:
         records.append(record)
         if record.epoch + 1 < settings.epochs:  # the last epoch is reported after fit()
-            # A checkpoint every epoch (Tune keeps the newest): a retry after a failure or a
-            # lost node resumes here instead of from epoch 0.
-            with tempfile.TemporaryDirectory(prefix="yolo-ray-ckpt-") as folder:
-                save_trial_checkpoint(trainer, Path(folder), info)
-                tune.report(epoch_report(record) | info | {"final": False},
-                            checkpoint=tune.Checkpoint.from_directory(folder))
+            now = time.perf_counter()
+            if checkpoint_due(now - clock["since"], clock["cost"], request.checkpoint_budget):
+                # A retry after a failure or a lost node resumes here instead of from epoch 0.
+                with tempfile.TemporaryDirectory(prefix="yolo-ray-ckpt-") as folder:
+                    save_trial_checkpoint(trainer, Path(folder), info)
+                    tune.report(epoch_report(record) | info | {"final": False},
+                                checkpoint=tune.Checkpoint.from_directory(folder))
+                clock["since"] = time.perf_counter()
+                clock["cost"] = clock["since"] - now
+            else:
+                tune.report(epoch_report(record) | info | {"final": False})
         faults.before_epoch(index, attempt, record.epoch + 1, trainer.model)  # tests only
 
     trainer = Trainer(settings, Hyp.from_mapping(config["hyp"], "<trial hyp>"),
