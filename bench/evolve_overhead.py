@@ -59,6 +59,7 @@ def trial_overheads(timings: tuple[dict[str, float], ...]) -> list[dict[str, flo
         out.append({"before": before, "after": after, "loop": t["loop_end"] - t["loop_start"],
                     "spawn": t["trial_start"] - t["suggested"],
                     "setup": t["loop_start"] - t["trial_start"],
+                    "checkpoint": t.get("checkpoint", 0.0),
                     "total": total, "share": (before + after) / total,
                     "suggested": t["suggested"], "recorded": t["recorded"]})
     return out
@@ -81,6 +82,7 @@ def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
         "cold_before_s": med(cold, "before"), "cold_after_s": med(cold, "after"),
         "warm_before_s": med(warm, "before"), "warm_after_s": med(warm, "after"),
         "warm_loop_s": med(warm, "loop"), "warm_share": med(warm, "share"),
+        "warm_checkpoint_s": med(warm, "checkpoint"),
         "cold_spawn_s": med(cold, "spawn"), "cold_setup_s": med(cold, "setup"),
         "warm_spawn_s": med(warm, "spawn"), "warm_setup_s": med(warm, "setup"),
         "cold_share": med(cold, "share"),
@@ -144,7 +146,8 @@ def run_once(args: argparse.Namespace, data: str, root: Path, config: str) -> di
 
 
 def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
-    header = ("| slots × CPUs | trials | trials/hour (warm only) | loop (warm) | before loop cold / warm "
+    header = ("| slots × CPUs | trials | trials/hour (warm only) | loop (warm; of which checkpoints) "
+              "| before loop cold / warm "
               "(start + setup) | after loop cold / warm | outside share warm (all) | "
               "projected, 60 s trial |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]
@@ -152,7 +155,7 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
         lines.append(
             f"| {int(r['slots'])} × {int(r['cpus'])} | {int(r['trials'])} | "
             f"{r['trials_per_hour']:.0f} ({r['warm_trials_per_hour']:.0f}) | "
-            f"{r['warm_loop_s']:.1f} s | {r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
+            f"{r['warm_loop_s']:.1f} s ({r['warm_checkpoint_s']:.2f} s) | {r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
             f"{r['cold_setup_s']:.1f}) / {r['warm_before_s']:.2f} ({r['warm_spawn_s']:.2f} + "
             f"{r['warm_setup_s']:.2f}) s | "
             f"{r['cold_after_s']:.2f} / {r['warm_after_s']:.2f} s | "

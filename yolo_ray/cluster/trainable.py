@@ -150,7 +150,7 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any 
                                       cuda_available=torch.cuda.is_available())
     settings = localize(settings, data_blob)
     info = {"node": node_label(), "device": settings.device,
-            "t_trial_start": t_start, "data": settings.data}
+            "t_trial_start": t_start, "data": settings.data, "checkpoint_s": 0.0}
     records: list[Any] = []
 
     clock = {"since": time.perf_counter(), "cost": None}  # last checkpoint's end and cost
@@ -167,6 +167,7 @@ def evolve_trial(config: dict[str, Any], request: EvolveRequest, data_blob: Any 
                                 checkpoint=tune.Checkpoint.from_directory(folder))
                 clock["since"] = time.perf_counter()
                 clock["cost"] = clock["since"] - now
+                info["checkpoint_s"] += clock["cost"]  # seconds this trial spent checkpointing
             else:
                 tune.report(epoch_report(record) | info | {"final": False})
         faults.before_epoch(index, attempt, record.epoch + 1, trainer.model)  # tests only

@@ -163,7 +163,8 @@ def reconcile_results(prepared: PreparedRun, grid: Any) -> int:
 
 
 def trial_timings(grid: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, float], ...]:
-    """Per trial: suggested, trial start, loop start/end (Tune results) and recorded (sidecar)."""
+    """Per trial: suggested, trial start, loop start/end, seconds spent checkpointing (Tune
+    results) and recorded (sidecar)."""
     recorded = {str(e.get("trial_id")): e.get("end") for e in entries}
     out = []
     for result in grid:
@@ -174,6 +175,7 @@ def trial_timings(grid: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, f
         row = {"suggested": float(c["suggested_at"]), **{k[2:]: float(m[k]) for k in keys}}
         end = recorded.get(str(m.get("trial_id")))
         row["recorded"] = float(end) if end is not None else math.nan
+        row["checkpoint"] = float(m.get("checkpoint_s", 0.0))
         out.append(row)
     return tuple(out)
 
