@@ -51,7 +51,7 @@ BENCHES = (
     Bench("train_throughput", ("--repeats", "1", "--images", "128"),
           ("--repeats", "5", "--images", "256")),
     Bench("evolve_overhead", ("--generations", "3", "--epochs", "1", "--configs", "1x1", "2x1"),
-          ()),
+          ("--epochs", "10", "--generations", "12", "--configs", "1x1", "2x1", "--rounds", "3")),
     Bench("freeze", ("--models", "yolov5n", "--img", "160", "--repeats", "2", "--markdown"),
           ("--markdown",)),
     Bench("prune", ("--amounts", "0.3", "--no-map", "--markdown"), ("--markdown",),
@@ -100,12 +100,19 @@ def load_average() -> str:
         return "?"
 
 
+class Skipped(Exception):
+    """A benchmark that cannot run here (its script or a needed file is absent)."""
+
+
 def run_one(bench: Bench, slow: bool, timeout: float) -> str | None:
-    """Run one script; its block text, or None when it cannot run here (logged)."""
+    """Run one script; its block text, or None when it failed (logged).
+
+    Raises:
+        Skipped: the script or a file it needs is missing.
+    """
     missing = [n for n in (str(bench.script), *bench.needs) if not Path(n).exists()]
     if missing:
-        print(f"bench: skipping {bench.name}: missing {', '.join(missing)}", file=sys.stderr)
-        return None
+        raise Skipped(f"bench: skipping {bench.name}: missing {', '.join(missing)}")
     extra = bench.slow if slow else bench.quick
     command = ["python", f"bench/{bench.name}.py", *extra]
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
@@ -147,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     for bench in chosen:
         try:
             block = run_one(bench, args.slow, args.timeout)
+        except Skipped as e:
+            print(e, file=sys.stderr)
+            continue
         except subprocess.TimeoutExpired:
             print(f"bench: {bench.name} ran past {args.timeout:.0f} s", file=sys.stderr)
             block = None
@@ -156,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         # Re-read each time: the docs may be edited by hand while a long suite runs.
         docs.write_text(replace_block(docs.read_text(), bench.name, block))
         print(f"bench: {bench.name}: block rewritten in {docs}", file=sys.stderr)
-    if failed:
-        print(f"bench: not updated: {', '.join(failed)}", file=sys.stderr)
+    if failed:  # a failed benchmark fails the suite; its block keeps the last good numbers
+        print(f"bench: failed, not updated: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SLOTSxCPUS settings to compare (concurrent trials x CPUs each)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every setting this many times, interleaved; medians reported")
     p.add_argument("--no-bare", dest="bare", action="store_false",
                    help="skip the bare-process ceiling runs")
     return p.parse_args(argv)
@@ -91,13 +93,14 @@ def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
     }
 
 
-def make_request(args: argparse.Namespace, data: str, root: Path, config: str) -> Any:
+def make_request(args: argparse.Namespace, data: str, root: Path, config: str,
+                 tag: str = "") -> Any:
     from yolo_ray.cluster.request import EvolveRequest
     from yolo_ray.config.load import load_hyp
 
     slots, cpus = (int(x) for x in config.split("x"))
     return EvolveRequest(
-        run_dir=root / config, data=data, hyp=load_hyp(), cfg=args.cfg,
+        run_dir=root / f"{config}{tag}", data=data, hyp=load_hyp(), cfg=args.cfg,
         epochs=args.epochs, generations=args.generations, imgsz=args.img,
         batch_size=args.batch_size, workers=0, gpus_per_trial=0.0,
         cpus_per_trial=cpus, max_concurrent=slots, verbose=0)
@@ -118,12 +121,13 @@ def bare_trials(request: Any, seeds: list[int]) -> list[tuple[float, float]]:
     return spans
 
 
-def run_bare(args: argparse.Namespace, data: str, root: Path, config: str) -> float:
+def run_bare(args: argparse.Namespace, data: str, root: Path, config: str, tag: str = ""
+             ) -> float:
     """Warm trials/hour of the same trials in SLOTS plain processes (first trial each left out:
     process start and imports, as a cold Ray worker)."""
     import multiprocessing as mp
 
-    request = make_request(args, data, root, config)
+    request = make_request(args, data, root, config, tag)
     slots = request.max_concurrent
     seeds = [[i for i in range(args.generations) if i % slots == k] for k in range(slots)]
     with mp.get_context("spawn").Pool(slots) as pool:
@@ -132,11 +136,12 @@ def run_bare(args: argparse.Namespace, data: str, root: Path, config: str) -> fl
     return 3600 * len(warm) / (max(e for _, e in warm) - min(s for s, _ in warm))
 
 
-def run_once(args: argparse.Namespace, data: str, root: Path, config: str) -> dict[str, float]:
+def run_once(args: argparse.Namespace, data: str, root: Path, config: str, tag: str = ""
+             ) -> dict[str, float]:
     from yolo_ray.cluster.launch import run_evolution
 
     slots, cpus = (int(x) for x in config.split("x"))
-    summary = run_evolution(make_request(args, data, root, config))
+    summary = run_evolution(make_request(args, data, root, config, tag))
     assert summary.rows == args.generations, summary
     trials = trial_overheads(summary.timings)
     stats = summarize(trials, slots)
@@ -162,17 +167,28 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
             f"{100 * r['warm_share']:.1f} % ({100 * r['share_all']:.1f} %) | "
             f"{100 * r['projected_share_60s']:.2f} % |")
     lines.append(f"\nray.init (once per run, not per trial): {ray_init_s:.1f} s")
-    if all("bare_warm_trials_per_hour" in r for r in results):
-        lines += ["", "| slots × CPUs | ours, warm trials/hour | bare processes, warm trials/hour "
-                  "| ours / bare | speed-up vs first setting: ours | bare |",
-                  "|---|---|---|---|---|---|"]
-        base = results[0]
-        for r in results:
-            ours, bare = r["warm_trials_per_hour"], r["bare_warm_trials_per_hour"]
-            lines.append(
-                f"| {int(r['slots'])} × {int(r['cpus'])} | {ours:.0f} | {bare:.0f} | "
-                f"{ours / bare:.2f} | {ours / base['warm_trials_per_hour']:.2f}× | "
-                f"{bare / base['bare_warm_trials_per_hour']:.2f}× |")
+    return "\n".join(lines)
+
+
+def concurrency_table(results: list[dict[str, float]]) -> str:
+    """Ours vs bare processes per setting and round; speed-ups against the first setting."""
+    lines = ["| round | slots × CPUs | ours, warm trials/hour | bare processes, warm trials/hour "
+             "| ours / bare | speed-up vs first setting: ours | bare |",
+             "|---|---|---|---|---|---|---|"]
+    first = results[0]["config"]
+    speedups: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        base = next(b for b in results if b["round"] == r["round"] and b["config"] == first)
+        ours, bare = r["warm_trials_per_hour"], r["bare_warm_trials_per_hour"]
+        up = (ours / base["warm_trials_per_hour"], bare / base["bare_warm_trials_per_hour"])
+        speedups.setdefault(r["config"], []).append(up)
+        lines.append(f"| {int(r['round'])} | {int(r['slots'])} × {int(r['cpus'])} | {ours:.0f} | "
+                     f"{bare:.0f} | {ours / bare:.2f} | {up[0]:.2f}× | {up[1]:.2f}× |")
+    for config, ups in speedups.items():
+        if config != first:
+            lines.append(f"\nMedian speed-up of {config} over {first}: ours "
+                         f"{statistics.median(u[0] for u in ups):.2f}×, bare processes "
+                         f"{statistics.median(u[1] for u in ups):.2f}× ({len(ups)} round(s)).")
     return "\n".join(lines)
 
 
@@ -193,14 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         ray_init_s = time.time() - t0
         try:
             results = []
-            for c in args.configs:  # interleaved, so a drifting machine hits both alike
-                results.append(run_once(args, data, root, c))
-                if args.bare:
-                    results[-1]["bare_warm_trials_per_hour"] = run_bare(args, data, root, c)
+            for k in range(args.rounds):  # interleaved, so a drifting machine hits all alike
+                for c in args.configs:
+                    tag = f"-r{k}" if args.rounds > 1 else ""
+                    results.append(run_once(args, data, root, c, tag) | {"round": k, "config": c})
+                    if args.bare:
+                        results[-1]["bare_warm_trials_per_hour"] = run_bare(args, data, root,
+                                                                            c, tag)
         finally:
             ray.shutdown()
     print("python bench/evolve_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(markdown(results, ray_init_s))
+    print(markdown([r for r in results if r["round"] == 0], ray_init_s))  # round 0 in detail
+    if args.bare:
+        print("\n" + concurrency_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_init_s": ray_init_s, "results": results,
                                                "args": vars(args)}, indent=2))

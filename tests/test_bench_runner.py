@@ -87,3 +87,29 @@ def test_a_marker_mentioned_in_prose_is_not_a_block() -> None:
     out = replace_block(text, "scale", "| new |")
     assert out.startswith(prose)
     assert "<!-- bench:scale -->\n| new |\n<!-- /bench:scale -->" in out
+
+
+def test_runner_rewrites_good_blocks_and_fails_on_a_failing_script(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Real scripts in a scratch repo: one prints a table, one exits 3, one is absent."""
+    import bench.__main__ as runner
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "good.py").write_text("print('| a |\\n|---|\\n| 1 |')\n")
+    (tmp_path / "bench" / "bad.py").write_text("import sys; print('partial'); sys.exit(3)\n")
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# B\n\n<!-- bench:good -->\nold\n<!-- /bench:good -->\n\n"
+                    "<!-- bench:bad -->\nkept\n<!-- /bench:bad -->\n")
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    monkeypatch.setattr(runner, "BENCHES", (
+        runner.Bench("good", ("--x",), ()), runner.Bench("bad", (), ()),
+        runner.Bench("absent", (), ())))
+    monkeypatch.setattr(runner.Bench, "script",
+                        property(lambda b: tmp_path / "bench" / f"{b.name}.py"))
+    assert runner.main(["--docs", str(docs), "--only", "good", "absent"]) == 0
+    text = docs.read_text()
+    assert "python bench/good.py --x" in text and "| a |\n|---|\n| 1 |" in text
+    assert "old" not in text
+    assert runner.main(["--docs", str(docs)]) == 1
+    assert "<!-- bench:bad -->\nkept\n<!-- /bench:bad -->" in docs.read_text()
+    assert "partial" not in docs.read_text()
