@@ -342,7 +342,7 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
                  f"{args.pbt_sleep or args.sleep:g} s ± {100 * args.spread:.0f} %")
         q = " / ".join(f"{v:.1f}" for v in m["quarters_ms"])
         lines.append(f"| {name}: {shape} | {m['slots']} | {m['rows']} | {m['wall_s']:.0f} s | "
-                     f"{m['max_running']} | {100 * m['idle']:.1f} % (window "
+                     f"{m['max_running']} | {100 * m['idle']:.2f} % (window "
                      f"{m['window_s']:.0f} s) | {1e3 * m['driver_cpu_s'] / m['rows']:.1f} ms | "
                      f"{q} ms | {m.get('actors', '-')} | {m['peak_rss_mb']:.0f} MB |")
     notes = [f"\nray.init: {init_s:.1f} s."]
