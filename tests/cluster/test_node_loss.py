@@ -20,12 +20,15 @@ EPOCHS = 8       # enough that the trial is still training when its node goes
 GENERATIONS = 2  # one trial per worker, started together
 
 
-def first_checkpoint(experiment: Path, pattern: str) -> dict[str, Any] | None:
-    """The first checkpoint a trial has written to storage: trial id, epoch, node."""
+def first_checkpoint(experiment: Path, pattern: str,
+                     min_epoch: int = 1) -> dict[str, Any] | None:
+    """The first checkpoint of epoch >= min_epoch a trial has written to storage."""
     for info in sorted(experiment.glob(pattern)):
         try:
             meta = json.loads(info.read_text())
         except (OSError, ValueError):  # still being copied
+            continue
+        if meta.get("epoch", min_epoch) < min_epoch:
             continue
         return {"trial_id": info.parent.parent.name, **meta}
     return None
@@ -35,16 +38,16 @@ class NodeKiller(threading.Thread):
     """Removes the node of the first trial that checkpointed an epoch (from beside the driver)."""
 
     def __init__(self, cluster: Any, experiment: Path, labels: dict[str, Any],
-                 pattern: str = "*/checkpoint_*/trial.json") -> None:
+                 pattern: str = "*/checkpoint_*/trial.json", min_epoch: int = 1) -> None:
         super().__init__(daemon=True)
         self.cluster, self.experiment, self.labels = cluster, experiment, labels
-        self.pattern = pattern
+        self.pattern, self.min_epoch = pattern, min_epoch
         self.victim: dict[str, Any] | None = None
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            found = first_checkpoint(self.experiment, self.pattern)
+            found = first_checkpoint(self.experiment, self.pattern, self.min_epoch)
             if found is not None and found["node"] in self.labels:
                 self.cluster.remove_node(self.labels[found["node"]], allow_graceful=False)
                 self.victim = found | {"killed_at": time.time()}
@@ -61,19 +64,22 @@ def test_lost_worker_trial_resumes_on_the_other_from_its_checkpoint(
     with gpu_cluster() as cluster:
         head, workers = node_labels(cluster)
         nodes = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
-        killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)))
+        # Checkpoint every epoch (budget 1) and kill after the 2nd reaches storage: a checkpoint's files can land before
+        # the driver has registered it (the trial then resumes from the one before), but by
+        # the time epoch 2's files exist, epoch 1's report was processed an epoch earlier.
+        killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)), min_epoch=2)
         killer.start()
         try:
             rc = main(evolve_args(synthetic_data, tiny_model_yaml, tmp_path / "runs", storage,
                                   cluster.address, "--strategy", "classic", "--data-on-nodes",
                                   "--epochs", str(EPOCHS), "--generations", str(GENERATIONS),
-                                  "--max-failures", "3"))
+                                  "--max-failures", "3", "--checkpoint-budget", "1"))
         finally:
             killer.stop.set()
             killer.join()
     assert rc == 0
     victim = killer.victim
-    assert victim is not None and 1 <= victim["epoch"] < EPOCHS, victim
+    assert victim is not None and 2 <= victim["epoch"] < EPOCHS, victim
     survivor = next(w for w in workers if w != victim["node"])
 
     run = tmp_path / "runs" / "exp"
@@ -81,7 +87,8 @@ def test_lost_worker_trial_resumes_on_the_other_from_its_checkpoint(
     assert len(rows) == GENERATIONS and len((run / "evolve.csv").read_text().splitlines()) == 3
     entries = [json.loads(line) for line in (run / SIDECAR_NAME).read_text().splitlines()]
     assert [e["row"] for e in entries] == [0, 1]  # no failed entry: the retry succeeded
-    assert all(e["status"] == "finished" and e["node"] == survivor for e in entries), entries
+    assert all(e["status"] == "finished" and e["node"] == survivor for e in entries), \
+        [(e["trial_id"], e["status"], e["node"]) for e in entries] + [victim, survivor]
     moved = next(e for e in entries if e["trial_id"] == victim["trial_id"])
     assert moved["node"] == survivor
 
@@ -91,7 +98,7 @@ def test_lost_worker_trial_resumes_on_the_other_from_its_checkpoint(
     after = [r for r in results if r["node"] == survivor]
     assert after and after[-1]["final"] and after[-1]["epoch"] == EPOCHS
     resumed = after[0]["resumed_at_epoch"]
-    assert resumed >= victim["epoch"] >= 1
+    assert resumed >= victim["epoch"] - 1 >= 1, (resumed, victim)  # from a checkpoint, not 0
     assert [r["epoch"] for r in after] == list(range(resumed + 1, EPOCHS + 1))
     assert all(r["resumed_at_epoch"] == 0 for r in results if r["node"] == victim["node"])
     assert head not in {r["node"] for r in results}
