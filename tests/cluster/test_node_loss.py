@@ -64,9 +64,10 @@ def test_lost_worker_trial_resumes_on_the_other_from_its_checkpoint(
     with gpu_cluster() as cluster:
         head, workers = node_labels(cluster)
         nodes = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
-        # Checkpoint every epoch (budget 1) and kill after the 2nd reaches storage: a checkpoint's files can land before
-        # the driver has registered it (the trial then resumes from the one before), but by
-        # the time epoch 2's files exist, epoch 1's report was processed an epoch earlier.
+        # Checkpoint every epoch (budget 1) and kill after the 2nd reaches storage: a
+        # checkpoint's files can land before the driver has registered it (the trial then
+        # resumes from the one before), but by the time epoch 2's files exist, epoch 1's
+        # report was processed an epoch earlier.
         killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)), min_epoch=2)
         killer.start()
         try:
