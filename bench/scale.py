@@ -23,9 +23,11 @@ Measured from the trials' own timestamps and the driver process:
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
+import pstats
 import resource
 import sys
 import tempfile
@@ -56,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--profile", default=None, metavar="PREFIX", help="cProfile the driver "
+                   "during each fit to PREFIX.<run>.prof and print Tune's snapshot cost")
     return p.parse_args(argv)
 
 
@@ -222,14 +226,19 @@ def make_request(root: Path, args: argparse.Namespace, strategy: str, **kw: Any)
                          tensorboard=False, gpus_per_trial=1.0, cpus_per_trial=1, **kw)
 
 
-def measure(run_fn: Any, csv_path: Path, rows: int) -> dict[str, Any]:
-    """Run `run_fn()` (Tuner.fit) with driver / Ray CPU and memory sampling around it."""
+def measure(run_fn: Any, csv_path: Path, rows: int,
+            profile: str | None = None) -> dict[str, Any]:
+    """Run `run_fn()` (Tuner.fit) with driver / Ray CPU and memory sampling around it
+    (and cProfile of the driver's thread into `profile` when given)."""
     sampler = Sampler(csv_path)
+    prof = cProfile.Profile() if profile else None
     c0, t0 = driver_cpu(), time.time()
     sampler.start()
     try:
-        out = run_fn()
+        out = prof.runcall(run_fn) if prof else run_fn()
     finally:
+        if prof:
+            prof.dump_stats(profile)
         sampler.stop_event.set()
         sampler.join()
     wall, cpu = time.time() - t0, driver_cpu() - c0
@@ -238,6 +247,19 @@ def measure(run_fn: Any, csv_path: Path, rows: int) -> dict[str, Any]:
             "quarters_ms": per_quarter(sampler.samples, rows),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "samples": sampler.samples}
+
+
+def profile_path(args: argparse.Namespace, run: str) -> str | None:
+    return f"{args.profile}.{run}.prof" if args.profile else None
+
+
+def snapshot_cost(profile: str) -> str:
+    """Tune's experiment-state snapshots (TuneController.save_to_dir) in a driver profile."""
+    for (path, _, name), (_, calls, _, cum, _) in pstats.Stats(profile).stats.items():
+        if name == "save_to_dir" and path.endswith("tune_controller.py") and calls:
+            return (f"Tune experiment snapshots (TuneController.save_to_dir): {calls} calls, "
+                    f"{1e3 * cum / calls:.1f} ms each on average, {cum:.1f} s in all.")
+    return "Tune experiment snapshots: none in the profile."
 
 
 def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -264,7 +286,7 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         with scoped_env(**TUNE_ENV, **quiet_tune_env(0)):
             return build_classic_tuner(prepared, request, trainable=trainable).fit()
 
-    m = measure(fit, store.csv_path, args.trials)
+    m = measure(fit, store.csv_path, args.trials, profile_path(args, "classic"))
     grid = m.pop("result")
     spans = [(r.metrics["t_start"], r.metrics["t_end"]) for r in grid
              if r.metrics and "t_start" in r.metrics]
@@ -301,7 +323,7 @@ def run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         with scoped_env(**TUNE_ENV):
             return build_pbt_tuner(request, plan, store, trainable=trainable).fit()
 
-    m = measure(fit, store.csv_path, plan.rows)
+    m = measure(fit, store.csv_path, plan.rows, profile_path(args, "pbt"))
     grid = m.pop("result")
     entries = [e for e in store.entries() if e.get("row") is not None]
     spans = [(float(e["start"]), float(e["end"])) for e in entries]
@@ -413,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n![driver cost and memory vs rows]({Path(args.plot).name})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    for name in res if args.profile else ():
+        print(f"\n{name}: {snapshot_cost(profile_path(args, name))}")
     return 0
 
 

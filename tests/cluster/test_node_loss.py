@@ -35,7 +35,8 @@ def first_checkpoint(experiment: Path, pattern: str,
 
 
 class NodeKiller(threading.Thread):
-    """Removes the node of the first trial that checkpointed an epoch (from beside the driver)."""
+    """Removes the node of the first trial that checkpointed epoch >= min_epoch (beside the
+    driver)."""
 
     def __init__(self, cluster: Any, experiment: Path, labels: dict[str, Any],
                  pattern: str = "*/checkpoint_*/trial.json", min_epoch: int = 1) -> None:
