@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,40 @@ def first_checkpoint(experiment: Path, pattern: str,
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), so a node's workers can die with it."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, p in parents.items() if p in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def lose_node(cluster: Any, node: Any) -> None:
+    """A machine lost at once: its raylet and every worker under it, not only the raylet.
+
+    `Cluster.remove_node` kills the node's Ray daemons; orphaned workers notice only later and
+    can meanwhile report results from a node that is gone, which a real loss never does."""
+    from ray._private import ray_constants
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for pid in [raylet, *descendants(raylet)]:  # together, as power loss would
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    cluster.remove_node(node, allow_graceful=False)  # the node's other daemons, and reaping
+
+
 class NodeKiller(threading.Thread):
     """Removes the node of the first trial that checkpointed epoch >= min_epoch (beside the
     driver)."""
@@ -50,7 +86,7 @@ class NodeKiller(threading.Thread):
         while not self.stop.is_set():
             found = first_checkpoint(self.experiment, self.pattern, self.min_epoch)
             if found is not None and found["node"] in self.labels:
-                self.cluster.remove_node(self.labels[found["node"]], allow_graceful=False)
+                lose_node(self.cluster, self.labels[found["node"]])
                 self.victim = found | {"killed_at": time.time()}
                 return
             self.stop.wait(0.1)
