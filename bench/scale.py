@@ -13,11 +13,13 @@ Measured from the trials' own timestamps and the driver process:
              start of the last trial (step): ramp-up and drain excluded
     driver   CPU seconds of the driver process (Tune's loop, our searcher/scheduler/store)
              per recorded row, per quarter of the run (flat = no O(rows) work), and peak RSS
-    actors   distinct trial processes (classic): Tune reuses one per slot, or starts new ones
+    actors   trial worker processes started: Tune reuses one per slot, or starts new ones
+             (PBT: `--pbt-baseline` also runs Ray's own restart of every member per round)
 
     python bench/scale.py                                   # both, default sizes
     python bench/scale.py --only classic --trials 1000 --slots 64 --sleep 4
     python bench/scale.py --only pbt --members 256 --slots 128 --rounds 20 --sleep 2
+    python bench/scale.py --only pbt --members 16 --slots 16 --rounds 10 --pbt-baseline
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spread", type=float, default=0.25, help="durations uniform in mean × "
                    "(1 ± spread)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pbt-baseline", action="store_true", help="pbt: also run with Ray's "
+                   "own behaviour (a new worker per member per round) for comparison")
     p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--profile", default=None, metavar="PREFIX", help="cProfile the driver "
@@ -102,8 +107,10 @@ def member_class() -> type:
 
     class SimMember(tune.Trainable):
         def setup(self, config: dict, mean: float = 1.0, spread: float = 0.0,
-                  base: dict | None = None) -> None:
+                  base: dict | None = None, actors_dir: str = "") -> None:
             self.mean, self.spread, self.base = mean, spread, dict(base or {})
+            if actors_dir:  # one file per worker process started (reuse calls reset_config)
+                Path(actors_dir, f"{os.getpid()}").touch()
             self.quality, self.epoch = 0.0, 0
             self._apply(config)
 
@@ -301,7 +308,18 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return m
 
 
-def run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True) -> dict[str, Any]:
+    """PBT with our scheduler; keep_workers=False measures Ray's own restart per round."""
+    from unittest import mock
+
+    from yolo_ray.cluster.actor_parking import ActorParking
+
+    park = ActorParking.park if keep_workers else (lambda *a, **k: None)
+    with mock.patch.object(ActorParking, "park", park):
+        return _run_pbt(args, root)
+
+
+def _run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -315,8 +333,11 @@ def run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     store = open_run(request, plan)
     base = dict(base_hyp(request).as_dict())
     mean = args.pbt_sleep if args.pbt_sleep is not None else args.sleep
+    actors = root / "actors"
+    actors.mkdir(parents=True)
     trainable = tune.with_resources(
-        tune.with_parameters(member_class(), mean=mean, spread=args.spread, base=base),
+        tune.with_parameters(member_class(), mean=mean, spread=args.spread, base=base,
+                             actors_dir=str(actors)),
         {"cpu": 1, "gpu": 1})
 
     def fit() -> Any:
@@ -331,6 +352,7 @@ def run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     m.update(round_gaps(entries, request.max_concurrent))
     rows = store.rows()
     m.update(rows=len(rows), members=plan.population, rounds=plan.rounds,
+             actors=sum(1 for _ in actors.iterdir()),
              slots=request.max_concurrent, errors=sum(r.error is not None for r in grid),
              first_round_best=max(r.fitness for r in rows if r.meta.get("generation") == 0),
              best=store.best_row().fitness)
@@ -371,12 +393,12 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
     if "classic" in res:
         c = res["classic"]
         notes.append(f"Classic: first row fitness {c['first']:.4f}, best {c['best']:.4f}.")
-    if "pbt" in res:
-        p = res["pbt"]
-        notes.append(f"PBT: best of round 0 {p['first_round_best']:.4f}, best overall "
-                     f"{p['best']:.4f}; median round span {p['round_span_s']:.1f} s, median "
-                     f"gap between rounds {p['round_gap_s']:.2f} s; errored trials "
-                     f"{p['errors']}.")
+    for name, p in res.items():
+        if name.startswith("pbt"):
+            notes.append(f"{name.upper()[:3]}{name[3:]}: best of round 0 "
+                         f"{p['first_round_best']:.4f}, best overall {p['best']:.4f}; median "
+                         f"round span {p['round_span_s']:.1f} s, median gap between rounds "
+                         f"{p['round_gap_s']:.2f} s; errored trials {p['errors']}.")
     return "\n".join(lines) + "\n" + " ".join(notes)
 
 
@@ -420,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="scale_bench_") as tmp:
-            for name, fn in (("classic", run_classic), ("pbt", run_pbt)):
-                if args.only in (None, name):
-                    res[name] = fn(args, Path(tmp) / name)
+            runs = [("classic", run_classic), ("pbt", run_pbt)]
+            if args.pbt_baseline:
+                runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False)))
+            for name, fn in runs:
+                if args.only in (None, name.split(",")[0]):
+                    res[name] = fn(args, Path(tmp) / f"run{len(res)}")
                     print(f"# {name}: " + json.dumps({k: v for k, v in res[name].items()
                                                       if k != "samples"}), file=sys.stderr)
     finally:

@@ -155,8 +155,11 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
     """The GA scheduler writing rows to `store` and its state to the run folder."""
     from .scheduler import GAPopulationBasedTraining
 
+    # Workers are kept across rounds on the embedded Ray only: on a cluster a kept worker
+    # can die with its node unnoticed (actor_parking.py).
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
-                                     state_path=request.run_dir / STATE_NAME)
+                                     state_path=request.run_dir / STATE_NAME,
+                                     keep_workers=request.address is None)
 
 
 def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,

@@ -22,6 +22,7 @@ from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
+from .actor_parking import ActorParking
 from .pbt_state import MemberPlan, PBTState, find_checkpoint, orphan_row, row_trial_id
 
 LOGGER = logging.getLogger("yolo_ray")
@@ -55,6 +56,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             evolve.csv row (written in the driver), and the stored fitness is what ranks.
         state_path: optional pbt_state.json; written atomically after every round and read
             back on `Tuner.restore` (Ray does not restore scheduler state).
+        keep_workers: keep each member's worker process across round barriers instead of
+            letting Tune restart it (actor_parking.py); for a one-machine Ray only.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -62,7 +65,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                  mp: float = 0.8, sigma: float = 0.2, mutate_initial: bool = True,
                  metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
                  store: EvolutionStore | None = None, state_path: str | Path | None = None,
-                 log_config: bool = True) -> None:
+                 log_config: bool = True, keep_workers: bool = True) -> None:
         if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
                 perturbation_interval or perturbation_interval < 1:
             raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
@@ -88,6 +91,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
+        self._parking = ActorParking(keep_workers)  # workers kept across round barriers
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -97,6 +101,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def genes(self) -> tuple[str, ...]:
         """The hyp keys every trial config carries (evolve.csv hyp columns)."""
         return self._ga.hyp_keys
+
+    @property
+    def keeps_workers(self) -> bool:
+        """Whether members keep their worker processes across round barriers."""
+        return self._parking.enabled
 
     @property
     def state(self) -> PBTState:
@@ -145,7 +154,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self.store_error = self.store_error or e
             return self.STOP
         before = self._next_perturbation_sync
+        if self._at_barrier(trial, result):  # it will pause: keep its worker for next round
+            self._parking.park(tune_controller, trial)
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision not in (self.PAUSE, self.NOOP):
+            self._parking.release(trial)
         if self._next_perturbation_sync != before:  # every member reported: a round ended
             self._finish_round(tune_controller)
         return decision
@@ -158,7 +171,16 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                 LOGGER.error(f"evolve: {e}; stopping (everything written before is intact)")
                 self.store_error = e
             self._save_state()
+        self._parking.release(trial)
         super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self._parking.release(trial)
+        super().on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._parking.release(trial)
+        super().on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.store_error is not None:
@@ -166,7 +188,10 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         if self._resume_pending:
             self._resume_pending = False
             self._apply_saved_round(tune_controller)
-        return super().choose_trial_to_run(tune_controller)
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None:  # it runs again, on its parked actor if that is still cached
+            self._parking.release(trial)
+        return trial
 
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
@@ -283,6 +308,13 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
                     f"{len(plans)} members cloned a parent")
+
+    def _at_barrier(self, trial: Trial, result: Mapping[str, Any]) -> bool:
+        """Whether Ray's sync PBT will pause `trial` on this result (a round boundary)."""
+        time = result.get(self._time_attr)
+        state = self._trial_state.get(trial)
+        return time is not None and self._metric in result and state is not None and \
+            time - state.last_perturbation_time >= self._perturbation_interval
 
     # ------------------------------------------------------------------ persistence
     def _member(self, trial: Trial) -> int:
