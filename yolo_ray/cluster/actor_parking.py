@@ -15,8 +15,8 @@ worker processes are kept, which fails if a Ray upgrade changes this.
 
 Only for a one-machine Ray (the embedded default): Tune does not notice that an idle cached
 actor died with its node, so after a node loss a parked actor would be handed to a member and
-fail it (one retry spent, and in a test a member then re-trained an epoch). On a cluster the
-scheduler leaves parking off until parked actors on lost nodes are evicted.
+fail it (one retry spent). On a cluster the scheduler leaves parking off until parked actors
+on lost nodes are evicted.
 """
 
 from __future__ import annotations
@@ -100,6 +100,5 @@ def _park_aware(cls: type) -> type:
         def is_finished(self: Any) -> bool:
             parking = _PARKINGS.get(self)
             return cls.is_finished(self) and not (parking is not None and parking.parked)
-        _PARK_AWARE[cls] = type(f"ParkAware{cls.__name__}", (cls,),
-                                {"is_finished": is_finished, "__module__": cls.__module__})
+        _PARK_AWARE[cls] = type(f"ParkAware{cls.__name__}", (cls,), {"is_finished": is_finished})
     return _PARK_AWARE[cls]
