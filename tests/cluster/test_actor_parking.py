@@ -25,15 +25,18 @@ MEMBERS, EPOCHS = 3, 4
 
 
 class FakeController:
-    """The two TuneController parts ActorParking uses: the real cache and search class."""
+    """The TuneController parts ActorParking uses: the real cache and search class, and an
+    actor manager (FakeManager, below)."""
 
     def __init__(self) -> None:
         self._actor_cache = _ObjectCache(may_keep_one=True)
         self._search_alg = BasicVariantGenerator()
+        self._actor_manager = FakeManager()
 
 
 class FakeTrial:
     placement_group_factory = "1cpu"
+    status = "PAUSED"
 
 
 def test_park_reserves_and_release_returns_cache_places():
@@ -63,6 +66,16 @@ def test_search_is_unfinished_only_while_members_are_parked(tmp_path):
     assert isinstance(search, BasicVariantGenerator) and not search.is_finished()
     parking.release(trial)
     assert search.is_finished()
+    # A parked member stopped without the scheduler hearing of it (a stopper, Ctrl-C): the
+    # run must still end.
+    parking.park(ctl, trial)
+    assert not search.is_finished()
+    trial.status = "TERMINATED"
+    ctl._trial_to_actor = {trial: "its actor"}  # being paused: TERMINATED for a moment
+    assert not search.is_finished()
+    ctl._trial_to_actor = {}
+    assert search.is_finished()
+    parking.release(trial)
     # Tune snapshots the search algorithm's __dict__: the swap must leave nothing in it.
     assert set(search.get_state()) == set(BasicVariantGenerator().get_state())
     search.save_to_dir(str(tmp_path), "s")
@@ -88,8 +101,8 @@ def test_switched_off_parking_reserves_nothing(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("address,keeps", [(None, True), ("127.0.0.1:6379", False)])
-def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
+@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
+def test_workers_are_kept_on_the_embedded_ray_and_on_clusters(tmp_path, address):
     from yolo_ray.cluster.pbt_launch import build_scheduler
     from yolo_ray.cluster.request import EvolveRequest
 
@@ -98,7 +111,69 @@ def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
     plan = SimpleNamespace(interval=1)
     sched = build_scheduler(request, plan, load_search_space().without("anchors"),
                             load_hyp(None), store=None)
-    assert sched.keeps_workers is keeps
+    assert sched.keeps_workers is True
+
+
+class FakeTracked:
+    """A TrackedActor's callback setters."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.callbacks = name, "set"
+
+    def set_on_stop(self, fn: Any) -> None:
+        self.callbacks = fn
+
+    def set_on_error(self, fn: Any) -> None:
+        self.callbacks = fn
+
+
+class FakeManager:
+    """The RayActorManager parts eviction uses: handles of live actors and removal."""
+
+    def __init__(self) -> None:
+        self._live_actors_to_ray_actors_resources: dict[Any, tuple[str, None]] = {}
+        self.removed: list[tuple[str, bool]] = []
+
+    def remove_actor(self, tracked: FakeTracked, kill: bool = False) -> bool:
+        self.removed.append((tracked.name, kill))
+        return True
+
+
+def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():
+    ctl, trial = FakeController(), FakeTrial()
+    node = {"handle-a": "node-A", "handle-b": "node-B", "handle-c": "node-B"}
+    dead: set[str] = set()
+    lookups: list[str] = []
+    now = [0.0]
+
+    def actor_node(handle: str) -> str:
+        lookups.append(handle)
+        return node[handle]
+
+    parking = ActorParking(dead_nodes=lambda: set(dead), actor_node=actor_node,
+                           clock=lambda: now[0])
+    actors = {n: FakeTracked(n) for n in "abc"}
+    for name, tracked in actors.items():
+        parking.park(ctl, trial)
+        ctl._actor_cache.increase_max("1cpu")
+        ctl._actor_manager._live_actors_to_ray_actors_resources[tracked] = (f"handle-{name}",
+                                                                              None)
+        assert ctl._actor_cache.cache_object("1cpu", tracked)
+    assert parking.evict_lost() == 0 and lookups == []  # no dead node: no actor lookups
+    dead.add("node-B")
+    now[0] = 1.0
+    assert parking.evict_lost() == 0  # checked at most every NODE_CHECK_S
+    now[0] = 2.5
+    assert parking.evict_lost() == 2
+    assert ctl._actor_manager.removed == [("b", True), ("c", True)]  # killed, no stop task
+    assert actors["b"].callbacks is None and actors["a"].callbacks == "set"
+    assert ctl._actor_cache.num_cached_objects == 1
+    assert ctl._actor_cache.pop_cached_object("1cpu") is actors["a"]
+    assert sorted(lookups) == ["handle-a", "handle-b", "handle-c"]
+    ctl._actor_cache.cache_object("1cpu", actors["a"])
+    now[0] = 5.0
+    assert parking.evict_lost() == 0 and len(lookups) == 3  # node of 'a' remembered
+    assert parking.evicted == 2
 
 
 # ----------------------------------------------------------------------------- real Ray
@@ -198,3 +273,103 @@ def test_without_parking_ray_restarts_members_at_barriers(tmp_path):
     # for that one worker while new ones start.
     steps = run_population(tmp_path, keep_workers=False)
     assert not all(rounds_run_together(steps))
+
+
+# ----------------------------------------------------------------------------- node loss
+def node_member_trainable(steps: Path) -> Any:
+    """Two members; member 1's first epoch is long, so member 0 waits at the barrier with
+    its worker kept (cached) while the test removes that worker's node."""
+    from ray import tune
+
+    class Member(tune.Trainable):
+        def setup(self, config: dict) -> None:
+            # Both workers up before anyone trains (else member 1 may take member 0's cached
+            # worker instead of its own slow-starting one, and die with it).
+            (steps / f"worker-{os.getpid()}").touch()
+            deadline = time.time() + 120
+            while len(list(steps.glob("worker-*"))) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+            self.reset_config(config)
+
+        def step(self) -> dict:
+            import ray
+
+            time.sleep(12.0 if (self.member, self.epoch) == (1, 0) else 0.3)
+            self.epoch += 1
+            node = ray.get_runtime_context().get_node_id()
+            (steps / f"{self.member}-{self.epoch}").write_text(f"{node} {os.getpid()}")
+            return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                    "done": self.epoch >= 2}
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            Path(checkpoint_dir, "s").write_text(str(self.epoch))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
+            self.epoch = int(Path(checkpoint_dir, "s").read_text())
+
+        def reset_config(self, new_config: dict) -> bool:
+            self.epoch, self.member = 0, int(new_config[MEMBER_KEY])
+            return True
+
+    return Member
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("evict", [True, False])
+def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, monkeypatch,
+                                                                    evict):
+    import threading
+
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    if not evict:  # the check that this test can fail: Tune hands out the dead worker
+        monkeypatch.setattr(ActorParking, "evict_lost", lambda self: 0)
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    # Fast node-failure detection, so the loss is known well before member 1 reports.
+    fast = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
+            "health_check_timeout_ms": 300, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "_system_config": fast})
+    try:
+        nodes = {cluster.add_node(num_cpus=1).node_id: None for _ in range(2)}
+        nodes = {n.node_id: n for n in cluster.list_all_nodes() if n.node_id in nodes}
+        cluster.wait_for_nodes()
+        lost: list[str] = []
+
+        def lose_member0_node() -> None:  # once member 0 has finished round 0 and waits
+            deadline = time.time() + 120
+            while not (steps / "0-1").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # its result reached the driver; the worker is cached
+            node_id = (steps / "0-1").read_text().split()[0]
+            cluster.remove_node(nodes[node_id], allow_graceful=False)
+            lost.append(node_id)
+
+        killer = threading.Thread(target=lose_member0_node, daemon=True)
+        killer.start()
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
+                                              load_hyp(None), 1, seed=0, log_config=False)
+        grid = tune.Tuner(
+            tune.with_resources(node_member_trainable(steps), {"cpu": 1}),
+            param_space={MEMBER_KEY: tune.grid_search([0, 1])},
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=2)),
+        ).fit()
+        killer.join()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    errors = list((tmp_path / "ray").rglob("error.txt"))
+    if not evict:  # member 0 got its dead worker: reset and restore both fail (2 failures)
+        assert [e.parent.name.split("_")[2] for e in errors] == ["00000"], errors
+        assert "its node has died" in errors[0].read_text()
+        return
+    assert errors == [], [e.read_text()[-500:] for e in errors]
+    assert all(grid[i].error is None and grid[i].metrics["epoch"] == 2 for i in range(2))
+    survivor = next(n for n in nodes if n not in lost)
+    assert (steps / "0-2").read_text().split()[0] == survivor  # round 1 on a new worker

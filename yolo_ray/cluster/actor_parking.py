@@ -13,31 +13,59 @@ into two private parts of the TuneController (`_actor_cache`, `_search_alg`), so
 they look as expected and otherwise does nothing (the old behaviour); a test asserts the
 worker processes are kept, which fails if a Ray upgrade changes this.
 
-Only for a one-machine Ray (the embedded default): Tune does not notice that an idle cached
-actor died with its node, so after a node loss a parked actor would be handed to a member and
-fail it (one retry spent). On a cluster the scheduler leaves parking off until parked actors
-on lost nodes are evicted.
+Tune does not notice that an idle cached actor died with its node: it would hand it to a
+member and fail it (one of its retries spent). `evict_lost` removes cached actors whose node
+Ray reports dead (checked at most every NODE_CHECK_S, one GCS call; the actors' nodes are
+looked up only once a node has died), before the controller picks actors for members.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 LOGGER = logging.getLogger("yolo_ray")
 # search algorithm -> the parking that holds members for it (see _park_aware)
 _PARKINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PARK_AWARE: dict[type, type] = {}
+NODE_CHECK_S = 2.0  # node liveness checks while actors are cached (a GCS round trip each)
+# TuneController parts used: the actor cache (reserve, evict), search algorithm (finished?),
+# the actor manager (actor handles, removal)
+_CACHE_PARTS = ("increase_max", "decrease_max", "_cached_objects", "_num_cached_objects")
+_MANAGER_PARTS = ("remove_actor", "_live_actors_to_ray_actors_resources")
+
+
+def dead_ray_nodes() -> set[str]:
+    """Node ids (hex) that the connected Ray's GCS reports dead."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
+
+
+def ray_actor_node(handle: Any) -> str | None:
+    """Node id (hex) the actor behind `handle` was placed on, from the GCS actor table."""
+    from ray._private import state
+
+    info = state.actors(actor_id=handle._actor_id.hex())
+    return (info.get("Address") or {}).get("NodeID") if info else None
 
 
 class ActorParking:
     """Reservations in Tune's actor cache for members paused at a sync barrier."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True,
+                 dead_nodes: Callable[[], set[str]] = dead_ray_nodes,
+                 actor_node: Callable[[Any], str | None] = ray_actor_node,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._parked: dict[Any, Any] = {}   # trial -> its resource request (cache key)
         self._controller: Any = None
         self._disabled = not enabled
+        self._dead_nodes, self._actor_node, self._clock = dead_nodes, actor_node, clock
+        self._next_check = float("-inf")
+        self._node_of: dict[Any, str | None] = {}  # cached tracked actor -> its node
+        self.evicted = 0  # cached actors removed because their node died
 
     @property
     def enabled(self) -> bool:
@@ -48,6 +76,16 @@ class ActorParking:
     def parked(self) -> int:
         """How many members hold a reservation now."""
         return len(self._parked)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a parked member may still run: not one ended meanwhile without the
+        scheduler hearing of it (a Tune stopper or time budget stops paused trials)."""
+        # A member being paused shows TERMINATED for a moment while Tune decides whether to
+        # cache its actor; it still has that actor then, an ended member does not.
+        with_actor = getattr(self._controller, "_trial_to_actor", {})
+        return any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") or t in with_actor
+                   for t in self._parked)
 
     def park(self, tune_controller: Any, trial: Any) -> None:
         """Reserve a cache place so `trial`'s actor survives its coming pause."""
@@ -63,6 +101,44 @@ class ActorParking:
         if key is not None:
             self._controller._actor_cache.decrease_max(key)
 
+    def evict_lost(self) -> int:
+        """Remove cached actors whose node died; how many went (call before actors are
+        handed out: Tune would give one to a member, whose first task then fails)."""
+        ctl = self._controller
+        if ctl is None or not ctl._actor_cache._num_cached_objects:
+            return 0
+        now = self._clock()
+        if now < self._next_check:
+            return 0
+        self._next_check = now + NODE_CHECK_S
+        dead = self._dead_nodes()
+        if not dead:
+            return 0
+        handles = ctl._actor_manager._live_actors_to_ray_actors_resources
+        cached = {t for objs in ctl._actor_cache._cached_objects.values() for t in objs}
+        self._node_of = {t: n for t, n in self._node_of.items() if t in cached}
+        gone = 0
+        for objs in ctl._actor_cache._cached_objects.values():
+            for tracked in list(objs):
+                if tracked not in self._node_of:
+                    handle = handles.get(tracked, (None,))[0]
+                    self._node_of[tracked] = None if handle is None else self._actor_node(handle)
+                if self._node_of[tracked] not in dead:
+                    continue
+                objs.remove(tracked)
+                ctl._actor_cache._num_cached_objects -= 1
+                tracked.set_on_stop(None)
+                tracked.set_on_error(None)
+                # kill: no stop task is sent to an actor that is gone with its node
+                ctl._actor_manager.remove_actor(tracked, kill=True)
+                self._node_of.pop(tracked)
+                gone += 1
+        if gone:
+            LOGGER.warning(f"PBT: {gone} kept worker(s) lost with their node; the members "
+                           "waiting for them get new ones")
+        self.evicted += gone
+        return gone
+
     def _attach(self, tune_controller: Any) -> bool:
         if self._controller is not None:
             return True
@@ -72,7 +148,9 @@ class ActorParking:
         controller = getattr(tune_controller, "_tune_controller", tune_controller)
         cache = getattr(controller, "_actor_cache", None)
         search = getattr(controller, "_search_alg", None)
-        if not all(hasattr(cache, m) for m in ("increase_max", "decrease_max")) or \
+        manager = getattr(controller, "_actor_manager", None)
+        if not all(hasattr(cache, m) for m in _CACHE_PARTS) or \
+                not all(hasattr(manager, m) for m in _MANAGER_PARTS) or \
                 not callable(getattr(search, "is_finished", None)):
             self._disabled = True
             LOGGER.warning("PBT: this Ray Tune has no actor cache as expected; members' "
@@ -85,11 +163,16 @@ class ActorParking:
 
     def __getstate__(self) -> dict[str, Any]:
         # A pickled scheduler (Tuner state) must not drag the live controller along.
-        return {"_parked": {}, "_controller": None, "_disabled": self._disabled}
+        return {**self.__dict__, "_parked": {}, "_controller": None, "_node_of": {},
+                "_next_check": float("-inf")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(not state.get("_disabled", False))  # fields a older pickle lacks
+        self.__dict__.update(state)
 
 
 def _park_aware(cls: type) -> type:
-    """`cls` whose is_finished() is False while members are parked.
+    """`cls` whose is_finished() is False while parked members may still run.
 
     Tune does not cache an actor once its search algorithm has produced every trial, which a
     fixed population has from round 1 on. The search algorithm's class is swapped, not its
@@ -99,6 +182,6 @@ def _park_aware(cls: type) -> type:
     if cls not in _PARK_AWARE:
         def is_finished(self: Any) -> bool:
             parking = _PARKINGS.get(self)
-            return cls.is_finished(self) and not (parking is not None and parking.parked)
+            return cls.is_finished(self) and not (parking is not None and parking.waiting)
         _PARK_AWARE[cls] = type(f"ParkAware{cls.__name__}", (cls,), {"is_finished": is_finished})
     return _PARK_AWARE[cls]

@@ -155,11 +155,10 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
     """The GA scheduler writing rows to `store` and its state to the run folder."""
     from .scheduler import GAPopulationBasedTraining
 
-    # Workers are kept across rounds on the embedded Ray only: on a cluster a kept worker
-    # can die with its node unnoticed (actor_parking.py).
+    # Members keep their workers across rounds, on clusters too: kept workers lost with their
+    # node are evicted before Tune hands them out (actor_parking.py).
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
-                                     state_path=request.run_dir / STATE_NAME,
-                                     keep_workers=request.address is None)
+                                     state_path=request.run_dir / STATE_NAME)
 
 
 def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,

@@ -57,7 +57,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         state_path: optional pbt_state.json; written atomically after every round and read
             back on `Tuner.restore` (Ray does not restore scheduler state).
         keep_workers: keep each member's worker process across round barriers instead of
-            letting Tune restart it (actor_parking.py); for a one-machine Ray only.
+            letting Tune restart it (actor_parking.py; kept workers lost with their node are
+            evicted).
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -92,6 +93,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
         self._parking = ActorParking(keep_workers)  # workers kept across round barriers
+        self._member_failed = False  # a member errored: the round may wait on it no more
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -176,6 +178,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
+        self._member_failed = True  # retried, or failed for good: known at the next step
         super().on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
@@ -188,6 +191,10 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         if self._resume_pending:
             self._resume_pending = False
             self._apply_saved_round(tune_controller)
+        self._parking.evict_lost()  # before Tune hands cached actors out
+        if self._member_failed:
+            self._member_failed = False
+            self._end_round_without_failed(tune_controller)
         trial = super().choose_trial_to_run(tune_controller)
         if trial is not None:  # it runs again, on its parked actor if that is still cached
             self._parking.release(trial)
@@ -308,6 +315,34 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
                     f"{len(plans)} members cloned a parent")
+
+    def _end_round_without_failed(self, tune_controller: Any) -> None:
+        """Finish the round when the members still alive all wait at its barrier.
+
+        Ray's synchronous PBT ends a round on the last live member's result. A member that
+        fails for good after all the others reported leaves no result to come, and the
+        paused members would wait forever (the run hangs); so end the round here, the way
+        Ray's on_trial_result does, ranking the members left."""
+        # Tune's live set still holds the failed trial for a step after its error.
+        live = [t for t in tune_controller.get_live_trials() if not t.is_finished()]
+        if not self._synch or not live or any(
+                t.status != Trial.PAUSED
+                or self._trial_state[t].last_train_time < self._next_perturbation_sync
+                for t in live):
+            return
+        gone = sorted(self._member(t) for t in tune_controller.get_trials()
+                      if t.status == Trial.ERROR)
+        LOGGER.warning(f"PBT: member(s) {gone} failed for good; round {self._state.round} "
+                       f"ends with the {len(live)} members left")
+        now = max(self._trial_state[t].last_train_time for t in live)
+        lower, upper = self._quantiles()
+        middle = [t for t in live if t not in lower and t not in upper]
+        for t in upper + middle + lower:  # strong ones checkpointed before weak ones clone
+            self._trial_state[t].last_perturbation_time = now
+            self._checkpoint_or_exploit(t, tune_controller, upper, lower)
+        self._next_perturbation_sync = max(
+            self._next_perturbation_sync + self._perturbation_interval, now)
+        self._finish_round(tune_controller)
 
     def _at_barrier(self, trial: Trial, result: Mapping[str, Any]) -> bool:
         """Whether Ray's sync PBT will pause `trial` on this result (a round boundary)."""
