@@ -163,11 +163,7 @@ def test_lost_worker_pbt_run_keeps_exact_rows(
         head, workers = node_labels(cluster)
         nodes = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
         killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)),
-                            pattern="*/checkpoint_*/meta.json",
-                            # Ray's own remove_node here: with the workers SIGKILLed too, this
-                            # PBT run can hang (driver waiting on the lost node's futures; 2 of 3
-                            # full-suite runs, 2 of 3 isolated runs under load; not understood).
-                            with_workers=False)
+                            pattern="*/checkpoint_*/meta.json")
         killer.start()
         try:
             rc = main(evolve_args(synthetic_data, tiny_model_yaml, tmp_path / "runs", storage,

@@ -82,3 +82,65 @@ def test_members_left_finish_when_one_fails_for_good_at_a_barrier(tmp_path, capl
         [f"{m}-{e}" for m in (0, 1) for e in range(1, EPOCHS + 1)] + [f"{BROKEN}-1"])
     assert any(f"member(s) [{BROKEN}] failed for good; round 1 ends with the 2 members left"
                in r.message for r in caplog.records)
+
+
+def flaky_trainable(steps: Path) -> Any:
+    """Member 2 raises once, in its second epoch; every epoch trained appends a line."""
+    from ray import tune
+
+    class Member(tune.Trainable):
+        def setup(self, config: dict) -> None:
+            self.reset_config(config)
+
+        def step(self) -> dict:
+            flag = steps / "raised"
+            if self.member == BROKEN and self.epoch == 1 and not flag.exists():
+                flag.touch()
+                raise RuntimeError("member 2 breaks once")
+            time.sleep(0.2)
+            self.epoch += 1
+            with open(steps / f"member-{self.member}", "a") as f:
+                f.write(f"{self.epoch}\n")
+            return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                    "done": self.epoch >= EPOCHS}
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            Path(checkpoint_dir, "s").write_text(str(self.epoch))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
+            self.epoch = int(Path(checkpoint_dir, "s").read_text())
+
+        def reset_config(self, new_config: dict) -> bool:
+            self.epoch, self.member = 0, int(new_config[MEMBER_KEY])
+            return True
+
+    return Member
+
+
+@pytest.mark.ray
+def test_a_retried_member_does_not_rewind_the_others(tmp_path):
+    # Tune re-adds a trial it retries (on_trial_add again); that once read as a Tuner.restore
+    # and sent every member back to the round's start to train it again.
+    import ray
+    from ray import tune
+
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
+                                          load_hyp(None), 1, seed=0, log_config=False)
+    ray.init(address="local", num_cpus=MEMBERS, include_dashboard=False, log_to_driver=False)
+    try:
+        grid = tune.Tuner(
+            tune.with_resources(flaky_trainable(steps), {"cpu": 1}),
+            param_space={MEMBER_KEY: tune.grid_search(list(range(MEMBERS)))},
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert (steps / "raised").exists()
+    assert all(grid[i].error is None for i in range(MEMBERS))
+    for m in range(MEMBERS):  # each epoch trained once, in order: nobody went back
+        epochs = (steps / f"member-{m}").read_text().split()
+        assert epochs == [str(e) for e in range(1, EPOCHS + 1)], (m, epochs)

@@ -144,8 +144,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             raise ConfigError(f"{self._state_path}: member {member} belongs to trial "
                               f"{plan.trial_id}, not {trial.trial_id}: the state file is "
                               "from another experiment")
-        else:
+        elif trial not in self._trial_state:
             self._resume_pending = True  # Tuner.restore: re-apply the saved round
+        # else: Tune re-adds a trial it retries after a failure; the others go on as they are
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
