@@ -101,8 +101,8 @@ def test_switched_off_parking_reserves_nothing(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
-def test_workers_are_kept_on_the_embedded_ray_and_on_clusters(tmp_path, address):
+@pytest.mark.parametrize("address,keeps", [(None, True), ("127.0.0.1:6379", False)])
+def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
     from yolo_ray.cluster.pbt_launch import build_scheduler
     from yolo_ray.cluster.request import EvolveRequest
 
@@ -111,7 +111,7 @@ def test_workers_are_kept_on_the_embedded_ray_and_on_clusters(tmp_path, address)
     plan = SimpleNamespace(interval=1)
     sched = build_scheduler(request, plan, load_search_space().without("anchors"),
                             load_hyp(None), store=None)
-    assert sched.keeps_workers is True
+    assert sched.keeps_workers is keeps
 
 
 class FakeTracked:

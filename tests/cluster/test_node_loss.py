@@ -164,11 +164,11 @@ def test_lost_worker_pbt_run_keeps_exact_rows(
         nodes = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
         killer = NodeKiller(cluster, storage / "exp", dict(zip(workers, nodes)),
                             pattern="*/checkpoint_*/meta.json",
-                            # Ray's own remove_node here. With the workers SIGKILLed too the
-                            # run can stall (1 of 3 to 1 of 4 isolated runs): the lost member
-                            # gets two ActorUnavailableErrors at once, which Tune turns into a
-                            # final error whatever max_failures says; the round then ends
-                            # without it, but the member left is not scheduled again.
+                            # Ray's own remove_node here. With the workers SIGKILLed too (and
+                            # workers kept across rounds, since switched off on clusters) the
+                            # lost member got two ActorUnavailableErrors at once in 3 of 5
+                            # runs, which Tune turns into a final error whatever max_failures
+                            # says: the run then finished incomplete (it used to stall there).
                             with_workers=False)
         killer.start()
         try:

@@ -155,10 +155,13 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
     """The GA scheduler writing rows to `store` and its state to the run folder."""
     from .scheduler import GAPopulationBasedTraining
 
-    # Members keep their workers across rounds, on clusters too: kept workers lost with their
-    # node are evicted before Tune hands them out (actor_parking.py).
+    # Workers are kept across rounds on the embedded Ray only. On a cluster a kept worker can
+    # die with its node before Ray declares the node dead (its health check, ~15-30 s): Tune
+    # then hands it to a member, whose reset and restore both fail, which ends the member for
+    # good; eviction (actor_parking.py) only helps after the node is declared dead.
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
-                                     state_path=request.run_dir / STATE_NAME)
+                                     state_path=request.run_dir / STATE_NAME,
+                                     keep_workers=request.address is None)
 
 
 def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         state_path: optional pbt_state.json; written atomically after every round and read
             back on `Tuner.restore` (Ray does not restore scheduler state).
         keep_workers: keep each member's worker process across round barriers instead of
-            letting Tune restart it (actor_parking.py; kept workers lost with their node are
-            evicted).
+            letting Tune restart it (actor_parking.py); the launcher enables it on the
+            embedded Ray only.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -94,6 +95,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
         self._parking = ActorParking(keep_workers)  # workers kept across round barriers
         self._member_failed = False  # a member errored: the round may wait on it no more
+        self._next_barrier_check = 0.0
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -193,8 +195,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._resume_pending = False
             self._apply_saved_round(tune_controller)
         self._parking.evict_lost()  # before Tune hands cached actors out
-        if self._member_failed:
-            self._member_failed = False
+        now = time.monotonic()
+        if self._member_failed or now >= self._next_barrier_check:
+            # Also on a timer: Tune can end a trial without telling the scheduler (a second
+            # failure of a trial it already requeued).
+            self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
         trial = super().choose_trial_to_run(tune_controller)
         if trial is not None:  # it runs again, on its parked actor if that is still cached
@@ -333,6 +338,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             return
         gone = sorted(self._member(t) for t in tune_controller.get_trials()
                       if t.status == Trial.ERROR)
+        if not gone:
+            return
         LOGGER.warning(f"PBT: member(s) {gone} failed for good; round {self._state.round} "
                        f"ends with the {len(live)} members left")
         now = max(self._trial_state[t].last_train_time for t in live)
