@@ -14,9 +14,11 @@ they look as expected and otherwise does nothing (the old behaviour); a test ass
 worker processes are kept, which fails if a Ray upgrade changes this.
 
 Tune does not notice that an idle cached actor died with its node: it would hand it to a
-member and fail it (one of its retries spent). `evict_lost` removes cached actors whose node
-Ray reports dead (checked at most every NODE_CHECK_S, one GCS call; the actors' nodes are
-looked up only once a node has died), before the controller picks actors for members.
+member, whose reset and restore then both fail, which ends the member for good. `evict_lost`
+removes cached actors whose node Ray reports dead (checked at most every NODE_CHECK_S, one
+GCS call; the actors' nodes are looked up only once a node has died), before the controller
+picks actors for members. Ray's health check can be slower than a round barrier, so the
+launcher keeps workers on the embedded Ray only (pbt_launch.build_scheduler).
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class ActorParking:
                 "_next_check": float("-inf")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(not state.get("_disabled", False))  # fields a older pickle lacks
+        self.__init__(not state.get("_disabled", False))  # fields an older pickle lacks
         self.__dict__.update(state)
 
 
