@@ -62,6 +62,8 @@ BENCHES = (
           ("--work", f"{SCRATCH}/pbt_vs_classic"),
           pngs=(f"{SCRATCH}/pbt_vs_classic/pbt_vs_classic.png",), strip_heading=True),
     Bench("store_latency", ("--samples", "20"), ("--samples", "40")),
+    Bench("pbt_driver", ("--members", "64", "256", "--rounds", "10"),
+          ("--members", "64", "256", "1024", "--rounds", "20")),
     Bench("scale", ("--slots", "16", "--trials", "200", "--members", "16", "--rounds", "10",
                     "--sleep", "3"),
           ("--slots", "64", "--trials", "1000", "--members", "256", "--rounds", "20",

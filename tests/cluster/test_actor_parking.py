@@ -21,6 +21,8 @@ from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 
+from .member_trainables import epoch_member
+
 MEMBERS, EPOCHS = 3, 4
 
 
@@ -178,28 +180,17 @@ def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():
 
 # ----------------------------------------------------------------------------- real Ray
 def member_trainable(steps: Path) -> Any:
-    from ray import tune
+    """Members that accumulate a 'quality' at their lr, one 0.5 s + 0.3 s·member epoch each."""
+    def train_epoch(self: Any) -> dict:
+        start = time.time()
+        time.sleep(0.5 + 0.3 * self.member)  # the others wait, paused, for the slowest
+        self.epoch += 1
+        (steps / f"{self.member}-{self.epoch}").write_text(
+            f"{start} {time.time()} {os.getpid()}")
+        self.quality += self.lr
+        return {"epoch": self.epoch, "fitness": self.quality, "done": self.epoch >= EPOCHS}
 
-    class Member(tune.Trainable):
-        def setup(self, config: dict) -> None:
-            # All first workers up before anyone trains: on a loaded box a slow start would
-            # otherwise let Tune hand the first paused worker to the next member and drop the
-            # one still starting, from round 0 on. What is tested is what barriers do.
-            (steps / f"worker-{os.getpid()}").touch()
-            deadline = time.time() + 120
-            while len(list(steps.glob("worker-*"))) < MEMBERS and time.time() < deadline:
-                time.sleep(0.05)
-            self.reset_config(config)
-
-        def step(self) -> dict:
-            start = time.time()
-            time.sleep(0.5 + 0.3 * self.member)  # the others wait, paused, for the slowest
-            self.epoch += 1
-            (steps / f"{self.member}-{self.epoch}").write_text(
-                f"{start} {time.time()} {os.getpid()}")
-            self.quality += self.lr
-            return {"epoch": self.epoch, "fitness": self.quality, "done": self.epoch >= EPOCHS}
-
+    class Member(epoch_member(train_epoch, wait_for=(steps, MEMBERS))):
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             Path(checkpoint_dir, "s").write_text(f"{self.epoch} {self.quality}")
 
@@ -208,9 +199,8 @@ def member_trainable(steps: Path) -> Any:
             self.epoch, self.quality = int(epoch), float(quality)
 
         def reset_config(self, new_config: dict) -> bool:
-            # Another member's state must not leak in: the restore that follows sets it.
-            self.epoch, self.quality = 0, 0.0
-            self.lr, self.member = float(new_config["lr0"]), int(new_config[MEMBER_KEY])
+            super().reset_config(new_config)
+            self.quality, self.lr = 0.0, float(new_config["lr0"])
             return True
 
     return Member
@@ -278,40 +268,20 @@ def test_without_parking_ray_restarts_members_at_barriers(tmp_path):
 # ----------------------------------------------------------------------------- node loss
 def node_member_trainable(steps: Path) -> Any:
     """Two members; member 1's first epoch is long, so member 0 waits at the barrier with
-    its worker kept (cached) while the test removes that worker's node."""
-    from ray import tune
+    its worker kept (cached) while the test removes that worker's node. Both workers are up
+    before anyone trains (else member 1 may take member 0's cached worker instead of its own
+    slow-starting one, and die with it)."""
+    def train_epoch(self: Any) -> dict:
+        import ray
 
-    class Member(tune.Trainable):
-        def setup(self, config: dict) -> None:
-            # Both workers up before anyone trains (else member 1 may take member 0's cached
-            # worker instead of its own slow-starting one, and die with it).
-            (steps / f"worker-{os.getpid()}").touch()
-            deadline = time.time() + 120
-            while len(list(steps.glob("worker-*"))) < 2 and time.time() < deadline:
-                time.sleep(0.05)
-            self.reset_config(config)
+        time.sleep(12.0 if (self.member, self.epoch) == (1, 0) else 0.3)
+        self.epoch += 1
+        node = ray.get_runtime_context().get_node_id()
+        (steps / f"{self.member}-{self.epoch}").write_text(f"{node} {os.getpid()}")
+        return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                "done": self.epoch >= 2}
 
-        def step(self) -> dict:
-            import ray
-
-            time.sleep(12.0 if (self.member, self.epoch) == (1, 0) else 0.3)
-            self.epoch += 1
-            node = ray.get_runtime_context().get_node_id()
-            (steps / f"{self.member}-{self.epoch}").write_text(f"{node} {os.getpid()}")
-            return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
-                    "done": self.epoch >= 2}
-
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            Path(checkpoint_dir, "s").write_text(str(self.epoch))
-
-        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
-            self.epoch = int(Path(checkpoint_dir, "s").read_text())
-
-        def reset_config(self, new_config: dict) -> bool:
-            self.epoch, self.member = 0, int(new_config[MEMBER_KEY])
-            return True
-
-    return Member
+    return epoch_member(train_epoch, wait_for=(steps, 2))
 
 
 @pytest.mark.ray

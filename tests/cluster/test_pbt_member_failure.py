@@ -15,39 +15,25 @@ from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 
+from .member_trainables import epoch_member
+
 MEMBERS, EPOCHS, BROKEN = 3, 3, 2
 
 
 def member_trainable(steps: Path) -> Any:
     """Member BROKEN raises in its second epoch on every attempt, after the others have
     reported that round and paused at its barrier."""
-    from ray import tune
+    def train_epoch(self: Any) -> dict:
+        if self.member == BROKEN and self.epoch == 1:
+            time.sleep(1.0)
+            raise RuntimeError("member 2 breaks in round 1")
+        time.sleep(0.2)
+        self.epoch += 1
+        (steps / f"{self.member}-{self.epoch}").write_text(str(os.getpid()))
+        return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                "done": self.epoch >= EPOCHS}
 
-    class Member(tune.Trainable):
-        def setup(self, config: dict) -> None:
-            self.reset_config(config)
-
-        def step(self) -> dict:
-            if self.member == BROKEN and self.epoch == 1:
-                time.sleep(1.0)
-                raise RuntimeError("member 2 breaks in round 1")
-            time.sleep(0.2)
-            self.epoch += 1
-            (steps / f"{self.member}-{self.epoch}").write_text(str(os.getpid()))
-            return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
-                    "done": self.epoch >= EPOCHS}
-
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            Path(checkpoint_dir, "s").write_text(str(self.epoch))
-
-        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
-            self.epoch = int(Path(checkpoint_dir, "s").read_text())
-
-        def reset_config(self, new_config: dict) -> bool:
-            self.epoch, self.member = 0, int(new_config[MEMBER_KEY])
-            return True
-
-    return Member
+    return epoch_member(train_epoch)
 
 
 @pytest.mark.ray
@@ -86,35 +72,19 @@ def test_members_left_finish_when_one_fails_for_good_at_a_barrier(tmp_path, capl
 
 def flaky_trainable(steps: Path) -> Any:
     """Member 2 raises once, in its second epoch; every epoch trained appends a line."""
-    from ray import tune
+    def train_epoch(self: Any) -> dict:
+        flag = steps / "raised"
+        if self.member == BROKEN and self.epoch == 1 and not flag.exists():
+            flag.touch()
+            raise RuntimeError("member 2 breaks once")
+        time.sleep(0.2)
+        self.epoch += 1
+        with open(steps / f"member-{self.member}", "a") as f:
+            f.write(f"{self.epoch}\n")
+        return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                "done": self.epoch >= EPOCHS}
 
-    class Member(tune.Trainable):
-        def setup(self, config: dict) -> None:
-            self.reset_config(config)
-
-        def step(self) -> dict:
-            flag = steps / "raised"
-            if self.member == BROKEN and self.epoch == 1 and not flag.exists():
-                flag.touch()
-                raise RuntimeError("member 2 breaks once")
-            time.sleep(0.2)
-            self.epoch += 1
-            with open(steps / f"member-{self.member}", "a") as f:
-                f.write(f"{self.epoch}\n")
-            return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
-                    "done": self.epoch >= EPOCHS}
-
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            Path(checkpoint_dir, "s").write_text(str(self.epoch))
-
-        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
-            self.epoch = int(Path(checkpoint_dir, "s").read_text())
-
-        def reset_config(self, new_config: dict) -> bool:
-            self.epoch, self.member = 0, int(new_config[MEMBER_KEY])
-            return True
-
-    return Member
+    return epoch_member(train_epoch)
 
 
 @pytest.mark.ray

@@ -192,6 +192,11 @@ def test_hyp_evolve_yaml_is_the_argmax_row_with_yolov5_header(tmp_path: Path) ->
     assert (tmp_path / "hyp_evolve.yaml").read_text() == expected
     assert yaml.safe_load(expected) == {"lr0": 0.012346, "anchors": 4.5}
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic rewrite leaves no temp file
+    store.append(TrialRecord("d", "finished", {"lr0": 0.02, "anchors": 3.0},
+                             (0.9, 0.9, 0.95, 0.95, 0.05, 0.03, 0.01)))
+    text = (tmp_path / "hyp_evolve.yaml").read_text()  # a new best: header and body follow
+    assert "# Best generation: 3\n# Last generation: 3\n" in text
+    assert text.endswith("\n\nlr0: 0.02\nanchors: 3.0\n")
 
 
 def test_csv_row_without_sidecar_entry_is_recovered(tmp_path: Path) -> None:
@@ -206,6 +211,10 @@ def test_csv_row_without_sidecar_entry_is_recovered(tmp_path: Path) -> None:
     assert len(rows) == 2 and rows[1].meta["status"] == "finished"
     assert rows[1].meta["reason"].startswith("recovered")
     assert len(side.read_text().splitlines()) == 2
+    reopened = EvolutionStore(tmp_path, KEYS)
+    assert [r.index for r in reopened.recovered_rows()] == [1]
+    reopened.append(rec("c", 0.3))
+    assert [r.index for r in reopened.recovered_rows()] == [1]  # new rows are not recovered
 
 
 def test_column_mismatch_and_unwritable_folder(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,21 +225,21 @@ def write_hyp_schedule(path: Path, rows: Sequence[Row], last: int, interval: int
     return path
 
 
-def orphan_row(store: EvolutionStore, record: TrialRecord, taken: set[int]) -> int | None:
+def orphan_row(store: EvolutionStore, record: TrialRecord, taken: Collection[int]
+               ) -> int | None:
     """The csv row a killed driver wrote for `record` without its sidecar entry, if any.
 
     The store appends the csv line first and the sidecar line second; a SIGKILL between the
     two leaves a row the store re-labels 'recovered' (trial id null). The resumed run then
     re-evaluates that (member, round): adopting the row instead of appending a twin keeps
     exactly one row per member and round. A match needs equal hyps as evolve.csv prints them.
+    Costs O(recovered rows), not O(rows): it runs for every PBT row.
     """
-    if any(e.get("trial_id") == record.trial_id for e in store.entries()):
+    if record.trial_id in store.trial_rows([record.trial_id]):
         return None  # already recorded: the store's own idempotency answers
     want = format_row([record.hyp[k] for k in record.hyp])
-    for row in store.rows():
-        recovered = row.meta.get("trial_id") is None and row.meta.get("strategy") == "unknown"
-        if recovered and row.index not in taken and \
-                format_row([row.hyp[k] for k in record.hyp]) == want:
+    for row in store.recovered_rows():
+        if row.index not in taken and format_row([row.hyp[k] for k in record.hyp]) == want:
             _LOG.warning(f"evolve.csv row {row.index} lost its sidecar entry when the driver "
                          f"died; it is the row of {record.trial_id}")
             return row.index

@@ -90,6 +90,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._state_path = Path(state_path) if state_path is not None else None
         self._state = PBTState(seed=seed, interval=self._interval)
         self._loaded = False
+        self._unsaved = False  # members added since the state file was last written
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
@@ -141,7 +142,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                 trial.config.setdefault(key, value)
             self._state.members[member] = MemberPlan(
                 trial.trial_id, {k: float(trial.config[k]) for k in self.genes}, member)
-            self._save_state()
+            # Saved at the next step, not per member (O(members) each: O(n²) to start).
+            # Unsaved is safe: a resume without the plan re-derives it from the config.
+            self._unsaved = True
         elif plan.trial_id != trial.trial_id:
             raise ConfigError(f"{self._state_path}: member {member} belongs to trial "
                               f"{plan.trial_id}, not {trial.trial_id}: the state file is "
@@ -191,6 +194,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.store_error is not None:
             raise self.store_error
+        if self._unsaved:
+            self._save_state()
         if self._resume_pending:
             self._resume_pending = False
             self._apply_saved_round(tune_controller)
@@ -274,7 +279,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         score = float(result[self._metric])
         if self._store is not None and all(k in result for k in RESULT_KEYS):
             record = self._row_record(trial, member, round_index, result)
-            row = orphan_row(self._store, record, set(self._state.rows.values()))
+            row = orphan_row(self._store, record, self._state.rows.values())
             if row is None:
                 row = self._store.append(record)
             if row is not None:
@@ -373,6 +378,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         return -math.inf if score is None or math.isnan(score) else float(score)
 
     def _save_state(self) -> None:
+        self._unsaved = False
         if self._state_path is not None:
             self._state.save(self._state_path)
 

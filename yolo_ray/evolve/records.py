@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence, overload
@@ -190,6 +191,12 @@ def format_best_lines(columns: Sequence[str], row: Row, csv_path: str) -> list[s
     return lines
 
 
+@functools.lru_cache(maxsize=4)
+def _hyp_yaml(items: tuple[tuple[str, float], ...]) -> str:
+    # The file is rewritten on every row but the best changes rarely; dumping is ~3 ms.
+    return yaml.safe_dump(dict(items), sort_keys=False)
+
+
 def hyp_evolve_text(best: Row, n_rows: int) -> str:
     """hyp_evolve.yaml: YOLOv5's comment header, a blank line, then the best row's hyps."""
     header = [
@@ -199,7 +206,7 @@ def hyp_evolve_text(best: Row, n_rows: int) -> str:
         "# " + ", ".join(f"{k.strip():>20s}" for k in RESULT_KEYS),
         "# " + ", ".join(f"{v:>20.5g}" for v in best.values),
     ]
-    body = yaml.safe_dump({k: float(v) for k, v in best.hyp.items()}, sort_keys=False)
+    body = _hyp_yaml(tuple((k, float(v)) for k, v in best.hyp.items()))
     extras = {k: best.meta.get(k) for k in ("freeze", "prune") if best.meta.get(k) is not None}
     # Sidecar-only genes are not hyps (YOLOv5 would reject them as keys): a trailing comment.
     tail = "# sidecar genes: " + ", ".join(f"{k}={v}" for k, v in extras.items()) + "\n"

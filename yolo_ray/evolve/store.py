@@ -71,6 +71,7 @@ class EvolutionStore:
         self._table: RowTable | None = None
         self._entry_by_row: dict[int, dict[str, Any]] = {}
         self._by_trial: dict[str, dict[str, Any]] = {}
+        self._recovered: dict[int, None] = {}  # rows re-labelled after a kill (ordered set)
         # Tests only (cluster/faults.py): called as (point, row, path, bytes) before each
         # write, so a kill, a torn write or a full disk can be staged at an exact point.
         self.fault_hook: Any = None
@@ -210,6 +211,10 @@ class EvolutionStore:
         if i is None:
             return
         self._entry_by_row[i] = entry
+        if entry.get("trial_id") is None and entry.get("strategy") == "unknown":
+            self._recovered[i] = None
+        else:
+            self._recovered.pop(i, None)
         if i < len(self._rows):  # the csv row is already known: attach its metadata
             old = self._rows[i]
             self._rows[i] = Row(i, old.values, old.hyp, old.fitness, dict(entry))
@@ -271,6 +276,11 @@ class EvolutionStore:
         """Latest committed sidecar entry per trial id (failed trials included)."""
         self.refresh()
         return [e for e in map(self._committed, self._by_trial.values()) if e is not None]
+
+    def recovered_rows(self) -> list[Row]:
+        """Rows whose sidecar entry was lost to a kill and re-labelled 'recovered'; O(those)."""
+        self.refresh()
+        return [self._rows[i] for i in self._recovered if i < len(self._rows)]
 
     def trial_rows(self, trial_ids: Iterable[str]) -> dict[str, int | None]:
         """Committed csv row (None: failed) per recorded trial id; O(ids), not O(entries)."""
