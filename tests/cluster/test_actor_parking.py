@@ -16,7 +16,7 @@ pytest.importorskip("ray.tune")
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.utils.object_cache import _ObjectCache
 
-from yolo_ray.cluster.actor_parking import ActorParking
+from yolo_ray.cluster.actor_parking import PROBE_S, ActorParking
 from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
@@ -103,8 +103,8 @@ def test_switched_off_parking_reserves_nothing(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("address,keeps", [(None, True), ("127.0.0.1:6379", False)])
-def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
+@pytest.mark.parametrize("address,probe", [(None, 0.0), ("127.0.0.1:6379", PROBE_S)])
+def test_workers_are_kept_and_pinged_on_clusters(tmp_path, address, probe):
     from yolo_ray.cluster.pbt_launch import build_scheduler
     from yolo_ray.cluster.request import EvolveRequest
 
@@ -113,7 +113,7 @@ def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
     plan = SimpleNamespace(interval=1)
     sched = build_scheduler(request, plan, load_search_space().without("anchors"),
                             load_hyp(None), store=None)
-    assert sched.keeps_workers is keeps
+    assert sched.keeps_workers is True and sched.probes_workers_s == probe
 
 
 class FakeTracked:
@@ -176,6 +176,36 @@ def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():
     now[0] = 5.0
     assert parking.evict_lost() == 0 and len(lookups) == 3  # node of 'a' remembered
     assert parking.evicted == 2
+
+
+def test_kept_workers_that_do_not_answer_a_ping_are_evicted(caplog):
+    ctl, trial = FakeController(), FakeTrial()
+    pings: list[tuple[list[str], float]] = []
+
+    def ping(handles: dict[Any, str], timeout_s: float) -> list[Any]:
+        pings.append((sorted(handles.values()), timeout_s))
+        return [t for t, h in handles.items() if h == "handle-b"]
+
+    parking = ActorParking(ping=ping, probe_s=1.5, dead_nodes=set)
+    actors = {n: FakeTracked(n) for n in "abc"}
+    for name, tracked in actors.items():
+        parking.park(ctl, trial)
+        ctl._actor_cache.increase_max("1cpu")
+        if name != "c":  # c: Tune no longer knows its Ray actor: gone as well
+            ctl._actor_manager._live_actors_to_ray_actors_resources[tracked] = (
+                f"handle-{name}", None)
+        assert ctl._actor_cache.cache_object("1cpu", tracked)
+    assert parking.evict_silent() == 2
+    assert pings == [(["handle-a", "handle-b"], 1.5)]  # one ping each, all at once
+    assert sorted(ctl._actor_manager.removed) == [("b", True), ("c", True)]
+    assert ctl._actor_cache.num_cached_objects == 1 and parking.evicted == 2
+    assert "2 kept worker(s) did not answer within 1.5 s" in caplog.text
+    off = ActorParking(ping=lambda *a: pytest.fail("pinged with probe_s=0"), probe_s=0.0)
+    ctl = FakeController()
+    off.park(ctl, trial)
+    ctl._actor_cache.increase_max("1cpu")
+    assert ctl._actor_cache.cache_object("1cpu", actors["a"])
+    assert off.evict_silent() == 0 and ctl._actor_cache.num_cached_objects == 1
 
 
 # ----------------------------------------------------------------------------- real Ray
@@ -285,24 +315,27 @@ def node_member_trainable(steps: Path) -> Any:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("evict", [True, False])
+@pytest.mark.parametrize("guard", ["evict", "ping", "none"])
 def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, monkeypatch,
-                                                                    evict):
+                                                                    caplog, guard):
+    """evict: Ray declares the node dead fast (0.9 s) and eviction sees it; ping: Ray's
+    default health check, slower than the round barrier here, so only the after-round ping
+    can tell; none: the check that this test can fail (Tune hands out the dead worker)."""
     import threading
 
     import ray
     from ray import tune
     from ray.cluster_utils import Cluster
 
-    if not evict:  # the check that this test can fail: Tune hands out the dead worker
+    if guard != "evict":
         monkeypatch.setattr(ActorParking, "evict_lost", lambda self: 0)
     steps = tmp_path / "steps"
     steps.mkdir()
     # Fast node-failure detection, so the loss is known well before member 1 reports.
     fast = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
             "health_check_timeout_ms": 300, "health_check_failure_threshold": 3}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 0, "_system_config": fast})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "_system_config": {} if guard == "ping" else fast})
     try:
         nodes = {cluster.add_node(num_cpus=1).node_id: None for _ in range(2)}
         nodes = {n.node_id: n for n in cluster.list_all_nodes() if n.node_id in nodes}
@@ -321,8 +354,9 @@ def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, mo
         killer = threading.Thread(target=lose_member0_node, daemon=True)
         killer.start()
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-        scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
-                                              load_hyp(None), 1, seed=0, log_config=False)
+        scheduler = GAPopulationBasedTraining(
+            load_search_space().without("anchors"), load_hyp(None), 1, seed=0,
+            log_config=False, probe_workers_s=PROBE_S if guard == "ping" else 0.0)
         grid = tune.Tuner(
             tune.with_resources(node_member_trainable(steps), {"cpu": 1}),
             param_space={MEMBER_KEY: tune.grid_search([0, 1])},
@@ -335,7 +369,7 @@ def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, mo
         ray.shutdown()
         cluster.shutdown()
     errors = list((tmp_path / "ray").rglob("error.txt"))
-    if not evict:  # member 0 got its dead worker: reset and restore both fail (2 failures)
+    if guard == "none":  # member 0 got its dead worker: reset and restore both fail
         assert [e.parent.name.split("_")[2] for e in errors] == ["00000"], errors
         assert "its node has died" in errors[0].read_text()
         return
@@ -343,3 +377,5 @@ def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, mo
     assert all(grid[i].error is None and grid[i].metrics["epoch"] == 2 for i in range(2))
     survivor = next(n for n in nodes if n not in lost)
     assert (steps / "0-2").read_text().split()[0] == survivor  # round 1 on a new worker
+    if guard == "ping":  # the ping found it, not Ray's health check
+        assert "1 kept worker(s) did not answer within" in caplog.text

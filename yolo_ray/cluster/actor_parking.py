@@ -14,11 +14,12 @@ they look as expected and otherwise does nothing (the old behaviour); a test ass
 worker processes are kept, which fails if a Ray upgrade changes this.
 
 Tune does not notice that an idle cached actor died with its node: it would hand it to a
-member, whose reset and restore then both fail, which ends the member for good. `evict_lost`
-removes cached actors whose node Ray reports dead (checked at most every NODE_CHECK_S, one
-GCS call; the actors' nodes are looked up only once a node has died), before the controller
-picks actors for members. Ray's health check can be slower than a round barrier, so the
-launcher keeps workers on the embedded Ray only (pbt_launch.build_scheduler).
+member, whose reset and restore then both fail, which ends the member for good. Two guards
+run before the controller picks actors for members: `evict_lost` removes cached actors whose
+node Ray reports dead (checked at most every NODE_CHECK_S, one GCS call; the actors' nodes are
+looked up only once a node has died), and, on clusters, `evict_silent` pings every cached
+actor after each round and removes those that do not answer within PROBE_S: Ray's health
+check can take longer than a round barrier to declare a lost node dead.
 """
 
 from __future__ import annotations
@@ -32,11 +33,28 @@ LOGGER = logging.getLogger("yolo_ray")
 # search algorithm -> the parking that holds members for it (see _park_aware)
 _PARKINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PARK_AWARE: dict[type, type] = {}
+PROBE_S = 2.0  # how long a kept worker may take to answer a ping before it is replaced
 NODE_CHECK_S = 2.0  # node liveness checks while actors are cached (a GCS round trip each)
 # TuneController parts used: the actor cache (reserve, evict), search algorithm (finished?),
 # the actor manager (actor handles, removal)
 _CACHE_PARTS = ("increase_max", "decrease_max", "_cached_objects", "_num_cached_objects")
 _MANAGER_PARTS = ("remove_actor", "_live_actors_to_ray_actors_resources")
+
+
+def unanswered_pings(handles: dict[Any, Any], timeout_s: float) -> list[Any]:
+    """Keys of `handles` (Ray actor handles) whose actor did not answer a no-op task within
+    `timeout_s` (all pinged at once), or answered with an error (dead)."""
+    import ray
+
+    refs = {handle.__ray_ready__.remote(): key for key, handle in handles.items()}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    silent = [refs[r] for r in late]
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception:  # RayActorError and kin: the actor is gone
+            silent.append(refs[ref])
+    return silent
 
 
 def dead_ray_nodes() -> set[str]:
@@ -60,11 +78,14 @@ class ActorParking:
     def __init__(self, enabled: bool = True,
                  dead_nodes: Callable[[], set[str]] = dead_ray_nodes,
                  actor_node: Callable[[Any], str | None] = ray_actor_node,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ping: Callable[[dict[Any, Any], float], list[Any]] | None = None,
+                 probe_s: float = PROBE_S) -> None:
         self._parked: dict[Any, Any] = {}   # trial -> its resource request (cache key)
         self._controller: Any = None
         self._disabled = not enabled
         self._dead_nodes, self._actor_node, self._clock = dead_nodes, actor_node, clock
+        self._ping, self._probe_s = ping or unanswered_pings, probe_s
         self._next_check = float("-inf")
         self._node_of: dict[Any, str | None] = {}  # cached tracked actor -> its node
         self.evicted = 0  # cached actors removed because their node died
@@ -73,6 +94,11 @@ class ActorParking:
     def enabled(self) -> bool:
         """False when switched off or when this Tune lacks the parts it needs."""
         return not self._disabled
+
+    @property
+    def probe_s(self) -> float:
+        """Seconds a kept worker may take to answer the ping after a round (0: no ping)."""
+        return self._probe_s
 
     @property
     def parked(self) -> int:
@@ -119,25 +145,46 @@ class ActorParking:
         handles = ctl._actor_manager._live_actors_to_ray_actors_resources
         cached = {t for objs in ctl._actor_cache._cached_objects.values() for t in objs}
         self._node_of = {t: n for t, n in self._node_of.items() if t in cached}
-        gone = 0
+        for tracked in cached - set(self._node_of):
+            handle = handles.get(tracked, (None,))[0]
+            self._node_of[tracked] = None if handle is None else self._actor_node(handle)
+        gone = self._evict({t for t in cached if self._node_of[t] in dead})
+        if gone:
+            LOGGER.warning(f"PBT: {gone} kept worker(s) lost with their node; the members "
+                           "waiting for them get new ones")
+        return gone
+
+    def evict_silent(self) -> int:
+        """Ping every cached actor at once and remove those that do not answer within
+        `probe_s`; how many went. Ray declares a lost node dead only after its health
+        check (seconds to tens of seconds), later than a round barrier can come: an actor
+        that cannot answer a no-op now is not handed to a member (at worst a slow but live
+        worker is replaced, which is what Ray would have done without keeping)."""
+        ctl = self._controller
+        if ctl is None or not ctl._actor_cache._num_cached_objects or self._probe_s <= 0:
+            return 0
+        handles = ctl._actor_manager._live_actors_to_ray_actors_resources
+        cached = [t for objs in ctl._actor_cache._cached_objects.values() for t in objs]
+        refs = {t: handles[t][0] for t in cached if t in handles}
+        silent = set(cached) - set(refs) | set(self._ping(refs, self._probe_s))
+        gone = self._evict(silent)
+        if gone:
+            LOGGER.warning(f"PBT: {gone} kept worker(s) did not answer within "
+                           f"{self._probe_s:g} s; the members waiting for them get new ones")
+        return gone
+
+    def _evict(self, doomed: set[Any]) -> int:
+        ctl, gone = self._controller, 0
         for objs in ctl._actor_cache._cached_objects.values():
-            for tracked in list(objs):
-                if tracked not in self._node_of:
-                    handle = handles.get(tracked, (None,))[0]
-                    self._node_of[tracked] = None if handle is None else self._actor_node(handle)
-                if self._node_of[tracked] not in dead:
-                    continue
+            for tracked in [t for t in objs if t in doomed]:
                 objs.remove(tracked)
                 ctl._actor_cache._num_cached_objects -= 1
                 tracked.set_on_stop(None)
                 tracked.set_on_error(None)
                 # kill: no stop task is sent to an actor that is gone with its node
                 ctl._actor_manager.remove_actor(tracked, kill=True)
-                self._node_of.pop(tracked)
+                self._node_of.pop(tracked, None)
                 gone += 1
-        if gone:
-            LOGGER.warning(f"PBT: {gone} kept worker(s) lost with their node; the members "
-                           "waiting for them get new ones")
         self.evicted += gone
         return gone
 

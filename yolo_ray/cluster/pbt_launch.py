@@ -153,15 +153,18 @@ def build_trainable(request: EvolveRequest) -> Any:
 def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, hyp: Hyp,
                     store: EvolutionStore) -> Any:
     """The GA scheduler writing rows to `store` and its state to the run folder."""
+    from .actor_parking import PROBE_S
     from .scheduler import GAPopulationBasedTraining
 
-    # Workers are kept across rounds on the embedded Ray only. On a cluster a kept worker can
-    # die with its node before Ray declares the node dead (its health check, ~15-30 s): Tune
-    # then hands it to a member, whose reset and restore both fail, which ends the member for
-    # good; eviction (actor_parking.py) only helps after the node is declared dead.
+    # Workers are kept across rounds. On a cluster a kept worker can die with its node before
+    # Ray declares the node dead (its health check, ~15-30 s); Tune would then hand it to a
+    # member, whose reset and restore both fail, which ends the member for good. So there,
+    # kept workers are pinged after every round and the silent ones replaced
+    # (actor_parking.py); on the embedded Ray a node loss is the driver's loss too.
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
                                      state_path=request.run_dir / STATE_NAME,
-                                     keep_workers=request.address is None)
+                                     probe_workers_s=0.0 if request.address is None
+                                     else PROBE_S)
 
 
 def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,21 @@ def write_hyp_schedule(path: Path, rows: Sequence[Row], last: int, interval: int
     body = yaml.safe_dump({"interval": interval, "rounds": schedule}, sort_keys=False)
     write_text_atomic(path, "\n".join(header) + "\n" + body)
     return path
+
+
+def round_checkpoints(round_index: int, interval: int, plans: Mapping[int, MemberPlan],
+                      live: Mapping[int, Any], trials: Mapping[int, Any]
+                      ) -> dict[int, Any] | None:
+    """Each live member's starting checkpoint for round `round_index` (its plan's source at
+    the round's first epoch; None for round 0), or None when any is missing."""
+    if round_index < 0 or any(m not in plans for m in live):
+        return None
+    if round_index == 0:
+        return {m: None for m in live}
+    epoch = round_index * interval
+    found = {m: find_checkpoint(trials[plans[m].source], plans[m].source, epoch)
+             for m in live}
+    return found if all(v is not None for v in found.values()) else None
 
 
 def orphan_row(store: EvolutionStore, record: TrialRecord, taken: Collection[int]

@@ -24,7 +24,7 @@ from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
-from .pbt_state import MemberPlan, PBTState, find_checkpoint, orphan_row, row_trial_id
+from .pbt_state import MemberPlan, PBTState, orphan_row, round_checkpoints, row_trial_id
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
@@ -58,8 +58,10 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         state_path: optional pbt_state.json; written atomically after every round and read
             back on `Tuner.restore` (Ray does not restore scheduler state).
         keep_workers: keep each member's worker process across round barriers instead of
-            letting Tune restart it (actor_parking.py); the launcher enables it on the
-            embedded Ray only.
+            letting Tune restart it (actor_parking.py).
+        probe_workers_s: when > 0, after each round every kept worker is pinged and those
+            silent for this long are replaced (a node lost but not yet declared dead); the
+            launcher sets it on clusters.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -67,7 +69,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                  mp: float = 0.8, sigma: float = 0.2, mutate_initial: bool = True,
                  metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
                  store: EvolutionStore | None = None, state_path: str | Path | None = None,
-                 log_config: bool = True, keep_workers: bool = True) -> None:
+                 log_config: bool = True, keep_workers: bool = True,
+                 probe_workers_s: float = 0.0) -> None:
         if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
                 perturbation_interval or perturbation_interval < 1:
             raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
@@ -94,7 +97,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
-        self._parking = ActorParking(keep_workers)  # workers kept across round barriers
+        # workers kept across round barriers
+        self._parking = ActorParking(keep_workers, probe_s=probe_workers_s)
+        self._probe_pending = False  # a round ended: ping kept workers before handing out
         self._member_failed = False  # a member errored: the round may wait on it no more
         self._next_barrier_check = 0.0
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
@@ -111,6 +116,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def keeps_workers(self) -> bool:
         """Whether members keep their worker processes across round barriers."""
         return self._parking.enabled
+
+    @property
+    def probes_workers_s(self) -> float:
+        """Seconds a kept worker may take to answer the after-round ping (0: not pinged)."""
+        return self._parking.probe_s if self._parking.enabled else 0.0
 
     @property
     def state(self) -> PBTState:
@@ -200,6 +210,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._resume_pending = False
             self._apply_saved_round(tune_controller)
         self._parking.evict_lost()  # before Tune hands cached actors out
+        if self._probe_pending:
+            self._probe_pending = False
+            self._parking.evict_silent()
         now = time.monotonic()
         if self._member_failed or now >= self._next_barrier_check:
             # Also on a timer: Tune can end a trial without telling the scheduler (a second
@@ -323,6 +336,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._state.previous, self._state.members = self._state.members, plans
         self._state.round = done + 1
         self._state.perturbations = self._num_perturbations
+        self._probe_pending = True
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
                     f"{len(plans)} members cloned a parent")
@@ -409,7 +423,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         live = {m: t for m, t in trials.items() if not t.is_finished()}
         for round_index, plans in ((self._state.round, self._state.members),
                                    (self._state.round - 1, self._state.previous)):
-            found = self._checkpoints_for(round_index, plans, live, trials)
+            found = round_checkpoints(round_index, self._interval, plans, live, trials)
             if found is not None:
                 break
         else:
@@ -428,18 +442,6 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._next_perturbation_sync = start + self._interval
         LOGGER.info(f"PBT resumes at round {round_index} (epoch {start}) with "
                     f"{len(live)} unfinished members")
-
-    def _checkpoints_for(self, round_index: int, plans: Mapping[int, MemberPlan],
-                         live: Mapping[int, Trial], trials: Mapping[int, Trial]
-                         ) -> dict[int, Any] | None:
-        if round_index < 0 or any(m not in plans for m in live):
-            return None
-        if round_index == 0:
-            return {m: None for m in live}
-        epoch = round_index * self._interval
-        found = {m: find_checkpoint(trials[plans[m].source], plans[m].source, epoch)
-                 for m in live}
-        return found if all(v is not None for v in found.values()) else None
 
 
 def _unchanged(config: dict) -> dict:
