@@ -16,6 +16,7 @@ from ..errors import ConfigError, StoreError
 from ..evolve.files import SIDECAR_NAME, write_text_atomic
 from ..evolve.records import Row, TrialRecord, format_row
 from ..evolve.store import EvolutionStore
+from ..train.results import RESULT_KEYS
 
 STATE_NAME = "pbt_state.json"
 SCHEDULE_NAME = "hyp_schedule.yaml"
@@ -238,6 +239,21 @@ def round_checkpoints(round_index: int, interval: int, plans: Mapping[int, Membe
     found = {m: find_checkpoint(trials[plans[m].source], plans[m].source, epoch)
              for m in live}
     return found if all(v is not None for v in found.values()) else None
+
+
+def member_record(trial_id: str, config: Mapping[str, Any], genes: Sequence[str], member: int,
+                  round_index: int, result: Mapping[str, Any], *, seed: int,
+                  plan: MemberPlan | None) -> TrialRecord:
+    """The evolve.csv row of `member` at the end of round `round_index`; `plan` is the
+    member's plan for that round (its parent row and whether it cloned), None if unknown."""
+    parent = plan.parent_row if plan is not None else None
+    return TrialRecord(
+        row_trial_id(trial_id, member, round_index), "finished",
+        {k: float(config[k]) for k in genes}, [float(result[k]) for k in RESULT_KEYS],
+        strategy="pbt", generation=round_index,
+        parent_rows=() if parent is None else (parent,), seed=seed, node=result.get("node"),
+        device=result.get("device"), start=result.get("round_start"),
+        end=result.get("round_end"), cloned=bool(plan and plan.cloned))
 
 
 def orphan_row(store: EvolutionStore, record: TrialRecord, taken: Collection[int]

@@ -18,13 +18,13 @@ from ray.tune.schedulers import PopulationBasedTraining
 from ..errors import ConfigError, StoreError
 from ..evolve.ga import GeneticAlgorithm, trial_seed
 from ..evolve.operators import clip_to_space, mutate, select_parent, top_parents
-from ..evolve.records import TrialRecord
 from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
-from .pbt_state import MemberPlan, PBTState, orphan_row, round_checkpoints, row_trial_id
+from .pbt_state import (MemberPlan, PBTState, member_record, orphan_row, round_checkpoints,
+                        row_trial_id)
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
@@ -291,7 +291,10 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         member = self._member(trial)
         score = float(result[self._metric])
         if self._store is not None and all(k in result for k in RESULT_KEYS):
-            record = self._row_record(trial, member, round_index, result)
+            plan = self._state.members.get(member)
+            record = member_record(trial.trial_id, trial.config, self.genes, member,
+                                   round_index, result, seed=trial_seed(self._seed, member),
+                                   plan=plan if round_index == self._state.round else None)
             row = orphan_row(self._store, record, self._state.rows.values())
             if row is None:
                 row = self._store.append(record)
@@ -303,21 +306,6 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         if not math.isfinite(score):  # a diverged member ranks last instead of vanishing
             score = -math.inf if (self._metric_op or 1.0) > 0 else math.inf
         return {**result, self._metric: score}
-
-    def _row_record(self, trial: Trial, member: int, round_index: int,
-                    result: Mapping[str, Any]) -> TrialRecord:
-        plan = self._state.members.get(member)
-        parent = plan.parent_row if plan is not None and round_index == self._state.round \
-            else None
-        return TrialRecord(
-            row_trial_id(trial.trial_id, member, round_index), "finished",
-            {k: float(trial.config[k]) for k in self.genes},
-            [float(result[k]) for k in RESULT_KEYS], strategy="pbt", generation=round_index,
-            parent_rows=() if parent is None else (parent,),
-            seed=trial_seed(self._seed, member), node=result.get("node"),
-            device=result.get("device"), start=result.get("round_start"),
-            end=result.get("round_end"), cloned=bool(plan and plan.cloned
-                                                     and round_index == self._state.round))
 
     def _finish_round(self, tune_controller: Any) -> None:
         """All members were ranked and the weak ones cloned: save how round r+1 starts."""
