@@ -213,7 +213,8 @@ def test_csv_row_without_sidecar_entry_is_recovered(tmp_path: Path) -> None:
     assert len(side.read_text().splitlines()) == 2
     reopened = EvolutionStore(tmp_path, KEYS)
     assert [r.index for r in reopened.recovered_rows()] == [1]
-    reopened.append(rec("c", 0.3))
+    assert reopened.append(rec("c", 0.3)) == 2
+    assert reopened.row(2) == reopened.rows()[2] and reopened.row(1).meta["trial_id"] is None
     assert [r.index for r in reopened.recovered_rows()] == [1]  # new rows are not recovered
 
 

@@ -302,7 +302,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                 self._state.rows[row_trial_id(trial.trial_id, member, round_index)] = row
                 # The csv keeps 5 significant digits; ranking by it makes a resumed run
                 # (which may re-evaluate a round already in the csv) decide identically.
-                score = self._store.rows()[row].fitness
+                score = self._store.row(row).fitness
         if not math.isfinite(score):  # a diverged member ranks last instead of vanishing
             score = -math.inf if (self._metric_op or 1.0) > 0 else math.inf
         return {**result, self._metric: score}

@@ -267,6 +267,12 @@ class EvolutionStore:
                                        self._eligible[:n].copy())
             return self._table
 
+    def row(self, index: int) -> Row:
+        """One evolve.csv row with its metadata; O(1), unlike a rows() snapshot."""
+        with self._mutex:
+            self.refresh()
+            return self._rows[index]
+
     @property
     def hyp_keys(self) -> tuple[str, ...] | None:
         """The hyp columns (from the constructor or the existing file)."""
