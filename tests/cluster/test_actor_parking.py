@@ -209,6 +209,31 @@ def test_kept_workers_that_do_not_answer_a_ping_are_evicted(caplog):
 
 
 # ----------------------------------------------------------------------------- real Ray
+@pytest.mark.ray
+def test_pings_name_the_dead_and_the_silent_actors_only():
+    import ray
+
+    from yolo_ray.cluster.actor_parking import unanswered_pings
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def hold(self, seconds: float) -> None:
+            time.sleep(seconds)
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        live, dead, busy = Idle.remote(), Idle.remote(), Idle.remote()
+        ray.get([a.__ray_ready__.remote() for a in (live, dead, busy)])
+        ray.kill(dead)
+        busy.hold.remote(10.0)  # one task at a time: the ping waits behind it
+        assert sorted(unanswered_pings({"live": live, "dead": dead, "busy": busy}, 2.0)) == \
+            ["busy", "dead"]
+        assert unanswered_pings({}, 2.0) == []
+    finally:
+        ray.shutdown()
+
+
+
 def member_trainable(steps: Path) -> Any:
     """Members that accumulate a 'quality' at their lr, one 0.5 s + 0.3 s·member epoch each."""
     def train_epoch(self: Any) -> dict:

@@ -46,6 +46,8 @@ def unanswered_pings(handles: dict[Any, Any], timeout_s: float) -> list[Any]:
     `timeout_s` (all pinged at once), or answered with an error (dead)."""
     import ray
 
+    if not handles:  # ray.wait refuses an empty list
+        return []
     refs = {handle.__ray_ready__.remote(): key for key, handle in handles.items()}
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     silent = [refs[r] for r in late]
