@@ -1,7 +1,8 @@
-"""A stand-in PBT member for the real-Ray tests: a Tune trainable that counts epochs.
+"""Stand-in PBT members for the real-Ray tests: a Tune trainable that counts epochs, the
+scheduler they run under, and one run of a population on a fresh local Ray.
 
-Each test gives it what differs (what one epoch does, and optionally a start barrier); the
-checkpoint (the epoch), `reset_config` and the member id are the same everywhere.
+Each test gives the trainable what differs (what one epoch does, and optionally a start
+barrier); the checkpoint (the epoch), `reset_config` and the member id are the same everywhere.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from yolo_ray.cluster.scheduler import MEMBER_KEY
+from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
+from yolo_ray.config.load import load_hyp
+from yolo_ray.evolve.space import load_search_space
 
 
 def epoch_member(train_epoch: Callable[[Any], dict], *,
@@ -48,3 +51,30 @@ def epoch_member(train_epoch: Callable[[Any], dict], *,
             return True
 
     return Member
+
+
+def one_epoch_rounds(**kw: Any) -> GAPopulationBasedTraining:
+    """The GA PBT scheduler with the default hyps and space, one epoch per round, seed 0."""
+    return GAPopulationBasedTraining(load_search_space().without("anchors"), load_hyp(None), 1,
+                                     seed=0, log_config=False, **kw)
+
+
+def fit_population(trainable: Any, members: int, scheduler: Any, storage: Path, *,
+                   max_failures: int = 0, time_budget_s: float | None = None) -> Any:
+    """`members` members (one CPU each, actors reused) on a fresh local Ray; Tune's results."""
+    import ray
+    from ray import tune
+
+    ray.init(address="local", num_cpus=members, include_dashboard=False, log_to_driver=False)
+    try:
+        return tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={MEMBER_KEY: tune.grid_search(list(range(members)))},
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
+                                        time_budget_s=time_budget_s),
+            run_config=tune.RunConfig(storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=max_failures)),
+        ).fit()
+    finally:
+        ray.shutdown()

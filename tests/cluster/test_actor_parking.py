@@ -17,11 +17,11 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.utils.object_cache import _ObjectCache
 
 from yolo_ray.cluster.actor_parking import PROBE_S, ActorParking
-from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
+from yolo_ray.cluster.scheduler import MEMBER_KEY
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 
-from .member_trainables import epoch_member
+from .member_trainables import epoch_member, fit_population, one_epoch_rounds
 
 MEMBERS, EPOCHS = 3, 4
 
@@ -141,6 +141,21 @@ class FakeManager:
         return True
 
 
+def cache_actors(parking: ActorParking, ctl: FakeController, trial: FakeTrial, names: str,
+                 without_handle: str = "") -> dict[str, FakeTracked]:
+    """`trial` parked and an actor cached per name; a Ray handle 'handle-NAME' for each name
+    not in `without_handle` (Tune no longer knows that actor's Ray actor)."""
+    actors = {n: FakeTracked(n) for n in names}
+    for name, tracked in actors.items():
+        parking.park(ctl, trial)
+        ctl._actor_cache.increase_max("1cpu")
+        if name not in without_handle:
+            ctl._actor_manager._live_actors_to_ray_actors_resources[tracked] = (
+                f"handle-{name}", None)
+        assert ctl._actor_cache.cache_object("1cpu", tracked)
+    return actors
+
+
 def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():
     ctl, trial = FakeController(), FakeTrial()
     node = {"handle-a": "node-A", "handle-b": "node-B", "handle-c": "node-B"}
@@ -154,13 +169,7 @@ def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():
 
     parking = ActorParking(dead_nodes=lambda: set(dead), actor_node=actor_node,
                            clock=lambda: now[0])
-    actors = {n: FakeTracked(n) for n in "abc"}
-    for name, tracked in actors.items():
-        parking.park(ctl, trial)
-        ctl._actor_cache.increase_max("1cpu")
-        ctl._actor_manager._live_actors_to_ray_actors_resources[tracked] = (f"handle-{name}",
-                                                                              None)
-        assert ctl._actor_cache.cache_object("1cpu", tracked)
+    actors = cache_actors(parking, ctl, trial, "abc")
     assert parking.evict_lost() == 0 and lookups == []  # no dead node: no actor lookups
     dead.add("node-B")
     now[0] = 1.0
@@ -187,14 +196,7 @@ def test_kept_workers_that_do_not_answer_a_ping_are_evicted(caplog):
         return [t for t, h in handles.items() if h == "handle-b"]
 
     parking = ActorParking(ping=ping, probe_s=1.5, dead_nodes=set)
-    actors = {n: FakeTracked(n) for n in "abc"}
-    for name, tracked in actors.items():
-        parking.park(ctl, trial)
-        ctl._actor_cache.increase_max("1cpu")
-        if name != "c":  # c: Tune no longer knows its Ray actor: gone as well
-            ctl._actor_manager._live_actors_to_ray_actors_resources[tracked] = (
-                f"handle-{name}", None)
-        assert ctl._actor_cache.cache_object("1cpu", tracked)
+    cache_actors(parking, ctl, trial, "abc", without_handle="c")  # c: gone as well
     assert parking.evict_silent() == 2
     assert pings == [(["handle-a", "handle-b"], 1.5)]  # one ping each, all at once
     assert sorted(ctl._actor_manager.removed) == [("b", True), ("c", True)]
@@ -202,9 +204,7 @@ def test_kept_workers_that_do_not_answer_a_ping_are_evicted(caplog):
     assert "2 kept worker(s) did not answer within 1.5 s" in caplog.text
     off = ActorParking(ping=lambda *a: pytest.fail("pinged with probe_s=0"), probe_s=0.0)
     ctl = FakeController()
-    off.park(ctl, trial)
-    ctl._actor_cache.increase_max("1cpu")
-    assert ctl._actor_cache.cache_object("1cpu", actors["a"])
+    cache_actors(off, ctl, trial, "a")
     assert off.evict_silent() == 0 and ctl._actor_cache.num_cached_objects == 1
 
 
@@ -265,24 +265,10 @@ def run_population(tmp_path: Path, keep_workers: bool = True
                    ) -> dict[tuple[int, int], tuple[float, float, int]]:
     """MEMBERS members, one epoch per round, one slot each: (member, epoch) -> its step's
     (start, end, worker pid)."""
-    import ray
-    from ray import tune
-
     steps = tmp_path / "steps"
     steps.mkdir()
-    scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
-                                          load_hyp(None), 1, seed=0, log_config=False,
-                                          keep_workers=keep_workers)
-    ray.init(address="local", num_cpus=MEMBERS, include_dashboard=False, log_to_driver=False)
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(member_trainable(steps), {"cpu": 1}),
-            param_space={MEMBER_KEY: tune.grid_search(list(range(MEMBERS)))},
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
-        ).fit()
-    finally:
-        ray.shutdown()
+    grid = fit_population(member_trainable(steps), MEMBERS,
+                          one_epoch_rounds(keep_workers=keep_workers), tmp_path / "ray")
     assert [grid[i].metrics["epoch"] for i in range(len(grid))] == [EPOCHS] * MEMBERS
     assert all(grid[i].error is None for i in range(len(grid)))
     out = {}
@@ -379,9 +365,7 @@ def test_a_kept_worker_lost_with_its_node_is_not_handed_to_a_member(tmp_path, mo
         killer = threading.Thread(target=lose_member0_node, daemon=True)
         killer.start()
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-        scheduler = GAPopulationBasedTraining(
-            load_search_space().without("anchors"), load_hyp(None), 1, seed=0,
-            log_config=False, probe_workers_s=PROBE_S if guard == "ping" else 0.0)
+        scheduler = one_epoch_rounds(probe_workers_s=PROBE_S if guard == "ping" else 0.0)
         grid = tune.Tuner(
             tune.with_resources(node_member_trainable(steps), {"cpu": 1}),
             param_space={MEMBER_KEY: tune.grid_search([0, 1])},

@@ -11,11 +11,9 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
-from yolo_ray.config.load import load_hyp
-from yolo_ray.evolve.space import load_search_space
+from yolo_ray.cluster.scheduler import MEMBER_KEY
 
-from .member_trainables import epoch_member
+from .member_trainables import epoch_member, fit_population, one_epoch_rounds
 
 MEMBERS, EPOCHS, BROKEN = 3, 3, 2
 
@@ -38,28 +36,13 @@ def member_trainable(steps: Path) -> Any:
 
 @pytest.mark.ray
 def test_members_left_finish_when_one_fails_for_good_at_a_barrier(tmp_path, caplog):
-    import ray
-    from ray import tune
-
     steps = tmp_path / "steps"
     steps.mkdir()
-    scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
-                                          load_hyp(None), 1, seed=0, log_config=False)
-    ray.init(address="local", num_cpus=MEMBERS, include_dashboard=False, log_to_driver=False)
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(member_trainable(steps), {"cpu": 1}),
-            param_space={MEMBER_KEY: tune.grid_search(list(range(MEMBERS)))},
-            # The budget only bounds the test: Ray alone waits here forever (members paused
-            # at the barrier, nobody left to report); checked: it then ends at 150 s with
-            # members 0 and 1 stuck at epoch 2.
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
-                                        time_budget_s=150),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        ).fit()
-    finally:
-        ray.shutdown()
+    # The budget only bounds the test: Ray alone waits here forever (members paused at the
+    # barrier, nobody left to report); checked: it then ends at 150 s with members 0 and 1
+    # stuck at epoch 2.
+    grid = fit_population(member_trainable(steps), MEMBERS, one_epoch_rounds(),
+                          tmp_path / "ray", max_failures=1, time_budget_s=150)
     by_member = {grid[i].config[MEMBER_KEY]: grid[i] for i in range(len(grid))}
     assert by_member[BROKEN].error is not None
     assert [by_member[m].metrics["epoch"] for m in (0, 1)] == [EPOCHS, EPOCHS]
@@ -91,24 +74,10 @@ def flaky_trainable(steps: Path) -> Any:
 def test_a_retried_member_does_not_rewind_the_others(tmp_path):
     # Tune re-adds a trial it retries (on_trial_add again); that once read as a Tuner.restore
     # and sent every member back to the round's start to train it again.
-    import ray
-    from ray import tune
-
     steps = tmp_path / "steps"
     steps.mkdir()
-    scheduler = GAPopulationBasedTraining(load_search_space().without("anchors"),
-                                          load_hyp(None), 1, seed=0, log_config=False)
-    ray.init(address="local", num_cpus=MEMBERS, include_dashboard=False, log_to_driver=False)
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(flaky_trainable(steps), {"cpu": 1}),
-            param_space={MEMBER_KEY: tune.grid_search(list(range(MEMBERS)))},
-            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        ).fit()
-    finally:
-        ray.shutdown()
+    grid = fit_population(flaky_trainable(steps), MEMBERS, one_epoch_rounds(),
+                          tmp_path / "ray", max_failures=1)
     assert (steps / "raised").exists()
     assert all(grid[i].error is None for i in range(MEMBERS))
     for m in range(MEMBERS):  # each epoch trained once, in order: nobody went back
