@@ -168,9 +168,9 @@ def test_lost_worker_pbt_run_keeps_exact_rows(
                             # With the whole machine killed at once, a member running on it
                             # can get two ActorUnavailableErrors together (two tasks in flight
                             # on its actor), which Tune turns into a final error whatever
-                            # max_failures says: 1 of 5 runs on 2026-12-06, 3 of 5 before.
-                            # Kept workers lost with the node are covered: with keeping on and
-                            # no after-round ping the member was lost 3 of 3 runs of this test.
+                            # max_failures says. With workers kept across rounds (and the
+                            # after-round ping) that happened here in 2 of 12 runs, with
+                            # remove_node too, so clusters do not keep workers (pbt_launch).
                             with_workers=False)
         killer.start()
         try:
