@@ -103,8 +103,8 @@ def test_switched_off_parking_reserves_nothing(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("address,keeps", [(None, True), ("127.0.0.1:6379", False)])
-def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
+@pytest.mark.parametrize("address,probe", [(None, 0.0), ("127.0.0.1:6379", PROBE_S)])
+def test_workers_are_kept_and_pinged_on_clusters(tmp_path, address, probe):
     from yolo_ray.cluster.pbt_launch import build_scheduler
     from yolo_ray.cluster.request import EvolveRequest
 
@@ -113,7 +113,7 @@ def test_workers_are_kept_on_the_embedded_ray_only(tmp_path, address, keeps):
     plan = SimpleNamespace(interval=1)
     sched = build_scheduler(request, plan, load_search_space().without("anchors"),
                             load_hyp(None), store=None)
-    assert sched.keeps_workers is keeps and sched.probes_workers_s == 0.0
+    assert sched.keeps_workers and sched.probes_workers_s == probe
 
 
 class FakeTracked:

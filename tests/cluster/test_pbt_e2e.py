@@ -177,6 +177,27 @@ def test_member_checkpoint_resumes_exactly_on_a_reused_actor(
     assert paused.trainer.epoch == 2 and paused.hyp["lr0"] == 0.02
 
 
+def test_a_worker_never_reuses_a_checkpoint_folder(tmp_path):
+    """Tune hands a worker the controller's checkpoint count, which can lag the folders the
+    worker wrote (a save the controller dropped); the next save must not overwrite one."""
+    from ray.train._internal.storage import StorageContext
+
+    from yolo_ray.cluster.pbt_trainable import skip_used_checkpoint_dirs
+
+    storage = StorageContext(str(tmp_path), "exp", trial_dir_name="t0",
+                             current_checkpoint_index=1)
+    assert skip_used_checkpoint_dirs(storage) == 1  # no trial folder yet: nothing used
+    trial = tmp_path / "exp" / "t0"
+    for i in (0, 1, 2):
+        (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+    (trial / "checkpoint_000009.tmp").mkdir()    # not Tune's name: ignored
+    (trial / "checkpoint_000008").write_text("")  # a file, not a folder: ignored
+    assert skip_used_checkpoint_dirs(storage) == 3
+    assert storage.checkpoint_fs_path.endswith("t0/checkpoint_000003")
+    storage.current_checkpoint_index = 5         # ahead of the folders: unchanged
+    assert skip_used_checkpoint_dirs(storage) == 5 and skip_used_checkpoint_dirs(None) == -1
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_population_below_two_is_refused(tmp_path, synthetic_data, tiny_model_yaml):
     with pytest.raises(ConfigError, match="at least 2 members"):

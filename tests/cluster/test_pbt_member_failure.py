@@ -83,3 +83,42 @@ def test_a_retried_member_does_not_rewind_the_others(tmp_path):
     for m in range(MEMBERS):  # each epoch trained once, in order: nobody went back
         epochs = (steps / f"member-{m}").read_text().split()
         assert epochs == [str(e) for e in range(1, EPOCHS + 1)], (m, epochs)
+
+
+def dies_in_reset_trainable(steps: Path) -> Any:
+    """Member 0's kept worker dies (the whole process) the first time a member takes it over
+    at a round barrier, i.e. inside Tune's reset of a cached actor."""
+    def train_epoch(self: Any) -> dict:
+        time.sleep(0.2)
+        self.epoch += 1
+        return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
+                "done": self.epoch >= EPOCHS}
+
+    class DiesInReset(epoch_member(train_epoch)):
+        def setup(self, config: dict) -> None:
+            super().setup(config)
+            self.ready = True  # later reset_config calls are Tune's resets
+
+        def reset_config(self, new_config: dict) -> bool:
+            flag = steps / "died"
+            if getattr(self, "ready", False) and int(new_config[MEMBER_KEY]) == 0 and \
+                    not flag.exists():
+                flag.write_text(str(os.getpid()))
+                os._exit(1)  # as a machine or OOM kill would: no exception, no cleanup
+            return super().reset_config(new_config)
+
+    return DiesInReset
+
+
+@pytest.mark.ray
+def test_a_worker_dying_in_its_reset_costs_one_retry_not_the_member(tmp_path):
+    # Ray reports the death twice (the actor's failure, then the reset task's); the member
+    # is PENDING during a reset, and Tune ended it for good on the second report.
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    grid = fit_population(dies_in_reset_trainable(steps), 2, one_epoch_rounds(),
+                          tmp_path / "ray", max_failures=2)
+    assert (steps / "died").exists()
+    errors = list((tmp_path / "ray").rglob("error.txt"))
+    assert len(errors) == 1 and "Failure # 1" in errors[0].read_text()  # one retry
+    assert all(grid[i].error is None and grid[i].metrics["epoch"] == EPOCHS for i in range(2))

@@ -31,6 +31,7 @@ from yolo_ray.train.results import RESULT_KEYS
 
 from .tune_fakes import (
     K,
+    FakeCheckpoint,
     FakeController,
     FakeTrial,
     add_population,
@@ -95,6 +96,38 @@ def test_bottom_quantile_clones_a_top_member(space, hyp, tmp_path):
     assert dict(r1.hyp) == pytest.approx(new, rel=1e-4)  # evolve.csv keeps 5 digits
     r0 = second[f"{best.trial_id}-m0-r1"]
     assert not r0.meta["cloned"] and r0.meta["parent_rows"] == [0]
+
+
+def test_a_parent_still_saving_its_pause_checkpoint_is_not_saved_again(space, hyp, tmp_path):
+    """The round ends while the first member's pause save is in flight (Tune shows it RUNNING
+    until that save resolves). The clone must take that save, with no second save ordered:
+    the controller would never count the second one, and the parent's next save would then
+    overwrite the folder the clone restores from."""
+    from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+
+    class SaveInFlight(_FutureTrainingResult):
+        def __init__(self, value: _TrainingResult) -> None:
+            super().__init__(future=None)
+            self.value = value
+
+        def resolve(self, block: bool = True) -> _TrainingResult:
+            return self.value
+
+    sched = make_scheduler(space, hyp, tmp_path)
+    controller, (parent, weak) = add_population(sched, 2, tmp_path)
+    first = result(K, 0.5)
+    assert sched.on_trial_result(controller, parent, first) == TrialScheduler.PAUSE
+    parent.last_result = first
+    pause_save = FakeCheckpoint(f"{parent.trial_id}/pause-save")
+    parent.temporary_state.saving_to = SaveInFlight(_TrainingResult(pause_save, first))
+    assert parent.status == Trial.RUNNING  # Tune marks it PAUSED once the save resolves
+
+    sched.on_trial_result(controller, weak, result(K, 0.1))  # the last one: the round ends
+
+    assert controller.saved == []
+    cloned = weak.run_metadata.checkpoint_manager._latest_checkpoint_result
+    assert cloned.checkpoint.path == pause_save.path and cloned.metrics["epoch"] == K
+    assert sched.state.members[1].cloned and sched.state.round == 1
 
 
 def test_mutated_configs_respect_limits(tmp_path):

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..evolve.records import Row
 from ..evolve.space import SearchSpace
 from ..evolve.store import EvolutionStore
+from .actor_parking import PROBE_S
 from .callbacks import HPARAM_METRICS, TensorBoardCallback, trial_label
 from .launch import (
     TUNE_ENV,
@@ -155,14 +156,13 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
     """The GA scheduler writing rows to `store` and its state to the run folder."""
     from .scheduler import GAPopulationBasedTraining
 
-    # Workers are kept across rounds on the embedded Ray only. On a cluster a kept worker can
-    # die with its node before Ray declares the node dead; the after-round ping
-    # (actor_parking.py) catches that, but with keeping on, the PBT node-loss test still lost
-    # a running member to two failures at once in 2 of 12 runs (Tune makes that final), not
-    # seen in earlier runs with Ray's restarts; until that is understood, clusters restart.
+    # Members keep their workers across rounds everywhere. On a cluster a kept worker can die
+    # with its node before Ray declares the node dead, so kept workers are also pinged after
+    # each round and after any member error, and the silent ones replaced (actor_parking.py).
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
                                      state_path=request.run_dir / STATE_NAME,
-                                     keep_workers=request.address is None)
+                                     keep_workers=True,
+                                     probe_workers_s=0.0 if request.address is None else PROBE_S)
 
 
 def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore,

@@ -28,6 +28,7 @@ INTERVAL_KEY = "interval"        # config: epochs per round (validation happens 
 DEVICE_POLICY_KEY = "device_policy"
 STATE_FILE = "state.pt"          # exact resumption: trainer.state_dict() (fp32)
 WEIGHTS_FILE = "weights.pt"      # final checkpoint only: our best.pt payload (fp16 EMA)
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folder names: checkpoint_000003
 
 
 def settings_of(config: Mapping[str, Any]) -> TrainSettings:
@@ -45,6 +46,33 @@ def hyp_of(config: Mapping[str, Any]) -> Hyp:
     """The hyps a config carries (top-level keys, as GAPopulationBasedTraining writes them)."""
     return Hyp.from_mapping({k: float(v) for k, v in config.items() if k in ALL_HYP_KEYS},
                             "<pbt member config>")
+
+
+def skip_used_checkpoint_dirs(storage: Any) -> int:
+    """Advance a Tune StorageContext's checkpoint index past every `checkpoint_NNNNNN` folder
+    already in its trial folder; returns the index the next save uses (-1: no storage).
+
+    Tune hands an actor the controller's count of a trial's checkpoints (at setup and reset).
+    The worker's own count can be ahead of it (a save the controller dropped: one made while
+    the trial paused, or just before a failure), and the next save would then overwrite a
+    checkpoint that a PBT clone restores from, silently, on the next retry or resume."""
+    import pyarrow.fs as pafs
+
+    if storage is None:
+        return -1
+    try:
+        infos = storage.storage_filesystem.get_file_info(
+            pafs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+    except (OSError, ValueError):  # storage unreachable now: the save itself will say so
+        return storage.current_checkpoint_index
+    used = [int(i.base_name[len(CHECKPOINT_PREFIX):]) for i in infos
+            if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+            and i.base_name[len(CHECKPOINT_PREFIX):].isdigit()]
+    if used and max(used) >= storage.current_checkpoint_index:
+        LOGGER.debug(f"{storage.trial_fs_path}: checkpoint index {storage.current_checkpoint_index}"
+                     f" already used; the next save goes to {max(used) + 1}")
+        storage.current_checkpoint_index = max(used) + 1
+    return storage.current_checkpoint_index
 
 
 def weights_crc(model: Any) -> int:
@@ -79,6 +107,7 @@ class PBTTrainable(tune.Trainable):
         self._node = node_label() if in_ray else "local"
         self._pending: dict[str, Any] | None = None
         self._shipped = data_blob  # shipping.ShippedData: extracted once per node
+        skip_used_checkpoint_dirs(getattr(self, "_storage", None))
         self._build(config)
 
     def _build(self, config: Mapping[str, Any]) -> None:
@@ -195,6 +224,8 @@ class PBTTrainable(tune.Trainable):
         starting from scratch, so `step` builds it fresh.
         """
         self._pending = dict(new_config)
+        # reset() has just replaced the storage context with the controller's count
+        skip_used_checkpoint_dirs(getattr(self, "_storage", None))
         return True
 
     def cleanup(self) -> None:

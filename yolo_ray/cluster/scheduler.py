@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.train._internal.session import _FutureTrainingResult  # as Ray's own PBT does
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 
@@ -195,6 +196,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
         self._member_failed = True  # retried, or failed for good: known at the next step
+        # Perhaps its node was lost: kept workers there must not go to its retry (Tune ends a
+        # member whose reset fails on a dead worker for good); ping before handing out.
+        self._probe_pending = True
         super().on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
@@ -227,6 +231,17 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        saving = getattr(trial.temporary_state, "saving_to", None)
+        if trial in upper_quantile and trial.status == Trial.RUNNING and \
+                isinstance(saving, _FutureTrainingResult):
+            # A member that paused at the barrier stays RUNNING until its pause save resolves;
+            # Ray would order a second save, which the controller never counts (the pause
+            # drops it), so the member's next save reuses that folder and overwrites the
+            # checkpoint a clone restores from (a retried or resumed clone got the parent's
+            # newer weights). Clone from the save in flight, as Ray does for a PAUSED trial.
+            self._trial_state[trial].last_checkpoint = saving
+            self._num_checkpoints += 1
+            return None
         if trial not in lower_quantile or not upper_quantile:
             return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile,
                                                   lower_quantile)
