@@ -275,3 +275,29 @@ def orphan_row(store: EvolutionStore, record: TrialRecord, taken: Collection[int
                          f"died; it is the row of {record.trial_id}")
             return row.index
     return None
+
+
+def record_round(store: EvolutionStore, state: PBTState, record: TrialRecord, member: int,
+                 round_index: int, tune_trial_id: str) -> int | None:
+    """Write (or adopt the orphan of) `member`'s row for round `round_index` and note it in
+    `state.rows`; the row index, None when the store already had it under another id."""
+    row = orphan_row(store, record, state.rows.values())
+    if row is None:
+        row = store.append(record)
+    if row is not None:
+        state.rows[row_trial_id(tune_trial_id, member, round_index)] = row
+    return row
+
+
+def resume_round(state: PBTState, interval: int, live: Mapping[int, Any],
+                 trials: Mapping[int, Any], source: Any
+                 ) -> tuple[int, Mapping[int, MemberPlan], dict[int, Any]]:
+    """The round a restored run restarts (the saved one, else the one before when its
+    starting checkpoints are missing), its member plans and each live member's checkpoint."""
+    for round_index, plans in ((state.round, state.members),
+                               (state.round - 1, state.previous)):
+        found = round_checkpoints(round_index, interval, plans, live, trials)
+        if found is not None:
+            return round_index, plans, found
+    raise ConfigError(f"{source}: cannot resume: the checkpoints of round {state.round} are "
+                      "missing (deleted by num_to_keep?)")

@@ -18,13 +18,13 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 from ..errors import ConfigError, StoreError
 from ..evolve.ga import GeneticAlgorithm, trial_seed
-from ..evolve.operators import clip_to_space, mutate, select_parent, top_parents
+from ..evolve.pbt_genes import explore, initial_genes, member_rng, pick_parent
 from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
-from .pbt_state import (MemberPlan, PBTState, member_record, orphan_row, round_checkpoints,
+from .pbt_state import (MemberPlan, PBTState, member_record, record_round, resume_round,
                         row_trial_id)
 
 LOGGER = logging.getLogger("yolo_ray")
@@ -130,14 +130,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     def initial_genes(self, member: int) -> dict[str, float]:
         """Member `member`'s round-0 hyps: the base for 0, else a mutation of the base."""
-        base = {k: float(self._ga.base[k]) for k in self.genes}
-        if member == 0 or not self._mutate_initial:
-            return base
-        rng = np.random.default_rng([self._seed, 0, member])
-        child = mutate(np.array(list(base.values())), self._ga.gains, rng,
-                       self._ga.mp, self._ga.sigma).child
-        return {k: float(v) for k, v in clip_to_space(dict(zip(self.genes, child.tolist())),
-                                                        self._space).items()}
+        return initial_genes(self._ga, self._space, member, self._mutate_initial)
 
     def debug_string(self) -> str:
         return (f"GAPopulationBasedTraining: round {self._state.round}, "
@@ -251,27 +244,23 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     def choose_parent(self, trial: Trial, candidates: list[Trial]) -> Trial:
         """YOLOv5's 'single' parent among the best min(n_parents, n) candidates."""
-        rng = np.random.default_rng([self._seed, self._state.round + 1, self._member(trial)])
-        scores = np.array([self._score(t) for t in candidates])
-        top = top_parents(scores, self._ga.n_parents)
-        top = top[np.isfinite(scores[top])] if np.isfinite(scores[top]).any() else top[:1]
-        values = np.array([[float(candidates[i].config[k]) for k in self.genes] for i in top])
-        _, used = select_parent(values, np.nan_to_num(scores[top]), "single", rng)
+        rng = member_rng(self._seed, self._state.round + 1, self._member(trial))
+        genes = [[float(t.config[k]) for k in self.genes] for t in candidates]
+        parent = candidates[pick_parent(self._ga, [self._score(t) for t in candidates],
+                                        genes, rng)]
         self._rngs[trial] = rng  # explore continues this member's stream
-        return candidates[int(top[used[0]])]
+        return parent
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
-        member = self._member(trial)
         rng = self._rngs.pop(trial, None)
         if rng is None:
-            rng = np.random.default_rng([self._seed, self._state.round + 1, member])
-        parent = np.array([float(trial_to_clone.config[k]) for k in self.genes])
-        m = mutate(parent, self._ga.gains, rng, self._ga.mp, self._ga.sigma)
-        child = clip_to_space(dict(zip(self.genes, m.child.tolist())), self._space)
+            rng = member_rng(self._seed, self._state.round + 1, self._member(trial))
+        child, multipliers = explore(self._ga, self._space,
+                                     {k: trial_to_clone.config[k] for k in self.genes}, rng)
         # Identity and constants stay the member's own; only the genes come from the parent.
         new_config = copy.deepcopy(trial.config)
-        new_config.update({k: float(v) for k, v in child.items()})
-        ops = {k: f"x{v:.4g}" for k, v in zip(self.genes, m.multipliers)
+        new_config.update(child)
+        ops = {k: f"x{v:.4g}" for k, v in multipliers.items()
                if k in self._hyperparam_mutations and child[k] != trial_to_clone.config[k]}
         return new_config, ops
 
@@ -310,11 +299,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             record = member_record(trial.trial_id, trial.config, self.genes, member,
                                    round_index, result, seed=trial_seed(self._seed, member),
                                    plan=plan if round_index == self._state.round else None)
-            row = orphan_row(self._store, record, self._state.rows.values())
-            if row is None:
-                row = self._store.append(record)
+            row = record_round(self._store, self._state, record, member, round_index,
+                               trial.trial_id)
             if row is not None:
-                self._state.rows[row_trial_id(trial.trial_id, member, round_index)] = row
                 # The csv keeps 5 significant digits; ranking by it makes a resumed run
                 # (which may re-evaluate a round already in the csv) decide identically.
                 score = self._store.row(row).fitness
@@ -424,14 +411,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         """
         trials = {self._member(t): t for t in tune_controller.get_trials()}
         live = {m: t for m, t in trials.items() if not t.is_finished()}
-        for round_index, plans in ((self._state.round, self._state.members),
-                                   (self._state.round - 1, self._state.previous)):
-            found = round_checkpoints(round_index, self._interval, plans, live, trials)
-            if found is not None:
-                break
-        else:
-            raise ConfigError(f"{self._state_path}: cannot resume: the checkpoints of round "
-                              f"{self._state.round} are missing (deleted by num_to_keep?)")
+        round_index, plans, found = resume_round(self._state, self._interval, live, trials,
+                                                 self._state_path)
         start = round_index * self._interval
         for member, trial in live.items():
             trial.set_config({**trial.config, **plans[member].config})
