@@ -23,8 +23,8 @@ longer than a round barrier to declare a lost node dead.
 
 A worker can still die during a reset (its node lost just then). Ray reports that death
 twice, and Tune (2.60) ended the member for good on the second report, whatever
---max-failures says; `_count_each_failure_once` makes the controller handle it once, so the
-member is retried like any other.
+--max-failures says; the scheduler has the controller handle it once
+(`tune_failures.count_each_failure_once`), so the member is retried like any other.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ LOGGER = logging.getLogger("yolo_ray")
 # search algorithm -> the parking that holds members for it (see _park_aware)
 _PARKINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PARK_AWARE: dict[type, type] = {}
-_ONCE: dict[type, type] = {}  # controller class -> its subclass handling each failure once
-_LAST_FAILURE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trial -> exception
 PROBE_S = 2.0  # how long a kept worker may take to answer a ping before it is replaced
 NODE_CHECK_S = 2.0  # node liveness checks while actors are cached (a GCS round trip each)
 # TuneController parts used: the actor cache (reserve, evict), search algorithm (finished?),
@@ -215,7 +213,6 @@ class ActorParking:
                            "workers are restarted at every round barrier")
             return False
         self._controller = controller
-        _count_each_failure_once(controller)
         _PARKINGS[search] = self
         search.__class__ = _park_aware(type(search))
         return True
@@ -228,35 +225,6 @@ class ActorParking:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(not state.get("_disabled", False))  # fields an older pickle lacks
         self.__dict__.update(state)
-
-
-def _count_each_failure_once(controller: Any) -> None:
-    """Make the controller handle a worker's death once, not twice.
-
-    Ray reports a task that failed because its actor died twice, with the same exception: as
-    the actor's failure, then as the task's. A member taking over a kept worker is PENDING
-    while its reset runs; the first report retries it (PENDING again), and Tune took the
-    second for a failure of a member that had not started, which it ends for good whatever
-    --max-failures says: every kept worker that died during a reset cost its member. The
-    controller's class is swapped for one whose `_trial_task_failure` (both reports go
-    through it) skips a repeat; its instance dict is left alone, as Tune snapshots it."""
-    cls = type(controller)
-    if cls in _ONCE.values() or not callable(getattr(cls, "_trial_task_failure", None)):
-        return
-    if cls not in _ONCE:
-        def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:
-            if _LAST_FAILURE.get(trial) is exception:
-                LOGGER.debug(f"{trial}: the same failure reported again; handled once")
-                return
-            _LAST_FAILURE[trial] = exception
-            # A failed reset is over: Tune forgets to say so, and a retried member still
-            # marked as resetting waits forever for a worker (it was ended before, so no
-            # one noticed).
-            getattr(self, "_resetting_trials", set()).discard(trial)
-            cls._trial_task_failure(self, trial, exception)
-        _ONCE[cls] = type(f"OnceFailing{cls.__name__}", (cls,),
-                          {"_trial_task_failure": _trial_task_failure})
-    controller.__class__ = _ONCE[cls]
 
 
 def _park_aware(cls: type) -> type:

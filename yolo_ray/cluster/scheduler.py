@@ -26,6 +26,7 @@ from . import faults
 from .actor_parking import ActorParking
 from .pbt_state import (MemberPlan, PBTState, member_record, record_round, resume_round,
                         row_trial_id)
+from .tune_failures import count_each_failure_once
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
@@ -138,6 +139,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     # ------------------------------------------------------------------ trial lifecycle
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        count_each_failure_once(tune_controller)  # members reuse workers: see tune_failures
         self._load_state_once()
         member = self._member(trial)
         plan = self._state.members.get(member)

@@ -24,6 +24,7 @@ from . import faults
 from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
 from .searcher import EvolveSearcher
+from .tune_failures import CountFailuresOnce
 from .trainable import (
     METRIC,
     MODE,
@@ -53,10 +54,17 @@ def trial_name(trial: Any) -> str:
 def build_scheduler(request: EvolveRequest) -> Any:
     """FIFO, or ASHA over finished epochs (`--early-stop asha`); metric stated here once."""
     if request.early_stop == "asha" and request.epochs > 1:
-        return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
-                             max_t=request.epochs, grace_period=max(1, request.epochs // 3),
-                             reduction_factor=3)
-    return FIFOScheduler()
+        return _ASHA(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=request.epochs,
+                     grace_period=max(1, request.epochs // 3), reduction_factor=3)
+    return _FIFO()
+
+
+class _FIFO(CountFailuresOnce, FIFOScheduler):
+    """FIFO; a worker dying during a reused worker's reset costs one retry, not the trial."""
+
+
+class _ASHA(CountFailuresOnce, ASHAScheduler):
+    """ASHA; a worker dying during a reused worker's reset costs one retry, not the trial."""
 
 
 def build_trainable(request: EvolveRequest) -> Any:
