@@ -34,6 +34,7 @@ class FakeController:
         self._actor_cache = _ObjectCache(may_keep_one=True)
         self._search_alg = BasicVariantGenerator()
         self._actor_manager = FakeManager()
+        self._trial_to_actor: dict[Any, Any] = {}
 
 
 class FakeTrial:
@@ -154,6 +155,32 @@ def cache_actors(parking: ActorParking, ctl: FakeController, trial: FakeTrial, n
                 f"handle-{name}", None)
         assert ctl._actor_cache.cache_object("1cpu", tracked)
     return actors
+
+
+class GpuRequest:
+    """A placement group factory's part that can_start reads."""
+    required_resources = {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_a_member_is_staged_only_with_a_free_kept_worker_or_an_idle_slot():
+    # Otherwise Tune asks Ray for a new worker and cancels it when a kept one frees up, but
+    # Ray may have started and set up a process meanwhile (bench/scale.py, members > slots).
+    free = {"CPU": 3.0, "GPU": 0.0}
+    parking = ActorParking(free=lambda: dict(free))
+    ctl, trial, key = FakeController(), FakeTrial(), GpuRequest()
+    trial.placement_group_factory = key
+    assert parking.can_start(trial)            # not attached yet: Tune decides as before
+    parking.park(ctl, FakeTrial())             # attaches (another member waits at the barrier)
+    assert not parking.can_start(trial)        # every GPU busy, no kept worker free
+    free["GPU"] = 1.0
+    assert parking.can_start(trial)            # an idle slot
+    free["GPU"] = 0.0
+    ctl._actor_cache.increase_max(key)
+    assert ctl._actor_cache.cache_object(key, FakeTracked("a"))
+    assert parking.can_start(trial)            # a kept worker is free
+    ctl._actor_cache.pop_cached_object(key)
+    ctl._trial_to_actor[trial] = "its worker"
+    assert parking.can_start(trial)            # staged already: Tune only tries the cache
 
 
 def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():

@@ -64,6 +64,13 @@ def unanswered_pings(handles: dict[Any, Any], timeout_s: float) -> list[Any]:
     return silent
 
 
+def _available_resources() -> dict[str, float]:
+    """Resources no actor holds now, cluster-wide (one GCS call)."""
+    import ray
+
+    return ray.available_resources()
+
+
 def dead_ray_nodes() -> set[str]:
     """Node ids (hex) that the connected Ray's GCS reports dead."""
     import ray
@@ -84,6 +91,7 @@ class ActorParking:
 
     def __init__(self, enabled: bool = True,
                  dead_nodes: Callable[[], set[str]] = dead_ray_nodes,
+                 free: Callable[[], dict[str, float]] | None = None,
                  actor_node: Callable[[Any], str | None] = ray_actor_node,
                  clock: Callable[[], float] = time.monotonic,
                  ping: Callable[[dict[Any, Any], float], list[Any]] | None = None,
@@ -93,6 +101,7 @@ class ActorParking:
         self._disabled = not enabled
         self._dead_nodes, self._actor_node, self._clock = dead_nodes, actor_node, clock
         self._ping, self._probe_s = ping or unanswered_pings, probe_s
+        self._free = free or _available_resources
         self._next_check = float("-inf")
         self._node_of: dict[Any, str | None] = {}  # cached tracked actor -> its node
         self.evicted = 0  # cached actors removed because their node died
@@ -136,6 +145,19 @@ class ActorParking:
         if key is not None:
             self._controller._actor_cache.decrease_max(key)
 
+    def can_start(self, trial: Any) -> bool:
+        """Whether Tune should stage `trial` now: it has a worker already, a kept one is free,
+        or a slot is idle. Otherwise Tune asks Ray for a new worker, which it cancels when a
+        kept one frees up (usually within a second), but not before Ray may have started
+        and set up a process for it (with more members than slots, 28 % of member-rounds)."""
+        ctl = self._controller
+        if ctl is None:
+            return True
+        key = trial.placement_group_factory
+        if trial in ctl._trial_to_actor or ctl._actor_cache.has_cached_object(key):
+            return True
+        return self._slot_idle(getattr(key, "required_resources", {}))
+
     def evict_lost(self) -> int:
         """Remove cached actors whose node died; how many went (call before actors are
         handed out: Tune would give one to a member, whose first task then fails)."""
@@ -160,6 +182,10 @@ class ActorParking:
             LOGGER.warning(f"PBT: {gone} kept worker(s) lost with their node; the members "
                            "waiting for them get new ones")
         return gone
+
+    def _slot_idle(self, need: dict[str, float]) -> bool:
+        free = self._free()
+        return all(free.get(k, 0.0) >= v for k, v in need.items() if v > 0)
 
     def evict_silent(self) -> int:
         """Ping every cached actor at once and remove those that do not answer within

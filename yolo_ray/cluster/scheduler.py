@@ -219,6 +219,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
         trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None and not self._parking.can_start(trial):
+            return None  # wait for a kept worker instead of starting a process (next step)
         if trial is not None:  # it runs again, on its parked actor if that is still cached
             self._parking.release(trial)
         return trial
