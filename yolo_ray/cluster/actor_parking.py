@@ -172,7 +172,7 @@ class ActorParking:
         if not dead:
             return 0
         handles = ctl._actor_manager._live_actors_to_ray_actors_resources
-        cached = {t for objs in ctl._actor_cache._cached_objects.values() for t in objs}
+        cached = set(self._cached_actors())
         self._node_of = {t: n for t, n in self._node_of.items() if t in cached}
         for tracked in cached - set(self._node_of):
             handle = handles.get(tracked, (None,))[0]
@@ -197,7 +197,7 @@ class ActorParking:
         if ctl is None or not ctl._actor_cache._num_cached_objects or self._probe_s <= 0:
             return 0
         handles = ctl._actor_manager._live_actors_to_ray_actors_resources
-        cached = [t for objs in ctl._actor_cache._cached_objects.values() for t in objs]
+        cached = self._cached_actors()
         refs = {t: handles[t][0] for t in cached if t in handles}
         silent = set(cached) - set(refs) | set(self._ping(refs, self._probe_s))
         gone = self._evict(silent)
@@ -205,6 +205,11 @@ class ActorParking:
             LOGGER.warning(f"PBT: {gone} kept worker(s) did not answer within "
                            f"{self._probe_s:g} s; the members waiting for them get new ones")
         return gone
+
+    def _cached_actors(self) -> list[Any]:
+        """Tune's tracked actors idle in its cache now."""
+        return [t for objs in self._controller._actor_cache._cached_objects.values()
+                for t in objs]
 
     def _evict(self, doomed: set[Any]) -> int:
         ctl, gone = self._controller, 0

@@ -277,15 +277,14 @@ def orphan_row(store: EvolutionStore, record: TrialRecord, taken: Collection[int
     return None
 
 
-def record_round(store: EvolutionStore, state: PBTState, record: TrialRecord, member: int,
-                 round_index: int, tune_trial_id: str) -> int | None:
-    """Write (or adopt the orphan of) `member`'s row for round `round_index` and note it in
-    `state.rows`; the row index, None when the store already had it under another id."""
+def record_round(store: EvolutionStore, state: PBTState, record: TrialRecord) -> int | None:
+    """Write (or adopt the orphan of) a member's round row (`member_record`) and note it in
+    `state.rows` under its row trial id; the row index, None when the store already had it."""
     row = orphan_row(store, record, state.rows.values())
     if row is None:
         row = store.append(record)
     if row is not None:
-        state.rows[row_trial_id(tune_trial_id, member, round_index)] = row
+        state.rows[record.trial_id] = row
     return row
 
 

@@ -65,9 +65,9 @@ def skip_used_checkpoint_dirs(storage: Any) -> int:
             pafs.FileSelector(storage.trial_fs_path, allow_not_found=True))
     except (OSError, ValueError):  # storage unreachable now: the save itself will say so
         return storage.current_checkpoint_index
-    used = [int(i.base_name[len(CHECKPOINT_PREFIX):]) for i in infos
-            if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
-            and i.base_name[len(CHECKPOINT_PREFIX):].isdigit()]
+    numbers = [i.base_name.removeprefix(CHECKPOINT_PREFIX) for i in infos
+               if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+    used = [int(n) for n in numbers if n.isdigit()]
     if used and max(used) >= storage.current_checkpoint_index:
         LOGGER.debug(f"{storage.trial_fs_path}: checkpoint index {storage.current_checkpoint_index}"
                      f" already used; the next save goes to {max(used) + 1}")

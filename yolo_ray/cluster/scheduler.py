@@ -61,9 +61,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             back on `Tuner.restore` (Ray does not restore scheduler state).
         keep_workers: keep each member's worker process across round barriers instead of
             letting Tune restart it (actor_parking.py).
-        probe_workers_s: when > 0, after each round every kept worker is pinged and those
-            silent for this long are replaced (a node lost but not yet declared dead); the
-            launcher sets it on clusters.
+        probe_workers_s: when > 0, after each round and after any member error every kept
+            worker is pinged and those silent for this long are replaced (a node lost but not
+            yet declared dead); the launcher sets it on clusters.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -121,7 +121,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     @property
     def probes_workers_s(self) -> float:
-        """Seconds a kept worker may take to answer the after-round ping (0: not pinged)."""
+        """Seconds a kept worker may take to answer a ping (0: not pinged)."""
         return self._parking.probe_s if self._parking.enabled else 0.0
 
     @property
@@ -219,10 +219,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
         trial = super().choose_trial_to_run(tune_controller)
-        if trial is not None and not self._parking.can_start(trial):
-            return None  # wait for a kept worker instead of starting a process (next step)
-        if trial is not None:  # it runs again, on its parked actor if that is still cached
-            self._parking.release(trial)
+        if trial is None or not self._parking.can_start(trial):
+            return None  # none, or wait for a kept worker instead of starting a process
+        self._parking.release(trial)  # it runs again, on its parked actor if still cached
         return trial
 
     # ------------------------------------------------------------------ exploit / explore
@@ -303,8 +302,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             record = member_record(trial.trial_id, trial.config, self.genes, member,
                                    round_index, result, seed=trial_seed(self._seed, member),
                                    plan=plan if round_index == self._state.round else None)
-            row = record_round(self._store, self._state, record, member, round_index,
-                               trial.trial_id)
+            row = record_round(self._store, self._state, record)
             if row is not None:
                 # The csv keeps 5 significant digits; ranking by it makes a resumed run
                 # (which may re-evaluate a round already in the csv) decide identically.
