@@ -130,6 +130,21 @@ def test_a_parent_still_saving_its_pause_checkpoint_is_not_saved_again(space, hy
     assert sched.state.members[1].cloned and sched.state.round == 1
 
 
+def test_kept_workers_are_pinged_after_a_member_error_before_tune_hands_one_out(
+        space, hyp, tmp_path, monkeypatch):
+    # The error may be its node's loss: a kept worker there must not go to the retry.
+    sched = make_scheduler(space, hyp, tmp_path, probe_workers_s=1.0)
+    controller, trials = add_population(sched, 2, tmp_path)
+    pings: list[int] = []
+    monkeypatch.setattr(sched._parking, "evict_silent", lambda: pings.append(1) or 0)
+    sched.choose_trial_to_run(controller)
+    assert pings == []
+    sched.on_trial_error(controller, trials[1])
+    sched.choose_trial_to_run(controller)       # Tune's next step, before it picks actors
+    sched.choose_trial_to_run(controller)
+    assert pings == [1]                         # once per error, not every step
+
+
 def test_mutated_configs_respect_limits(tmp_path):
     hyp = load_hyp(None)
     narrow = load_search_space().without("anchors")
