@@ -13,18 +13,24 @@ Measured from the trials' own timestamps and the driver process:
              start of the last trial (step): ramp-up and drain excluded
     driver   CPU seconds of the driver process (Tune's loop, our searcher/scheduler/store)
              per recorded row, per quarter of the run (flat = no O(rows) work), and peak RSS
-    actors   trial worker processes started: Tune reuses one per slot, or starts new ones
-             (PBT: `--pbt-baseline` also runs Ray's own restart of every member per round)
+    actors   trial worker processes set up (the trainable's setup ran), and worker actors
+             Ray placed (created on a slot; some are killed before their setup runs): Tune
+             reuses one per slot, or starts new ones (PBT: `--pbt-baseline` also runs Ray's
+             own restart of every member per round; `--start-baseline` also runs without
+             our guard against handing a kept worker to a trial whose own one is starting)
 
     python bench/scale.py                                   # both, default sizes
     python bench/scale.py --only classic --trials 1000 --slots 64 --sleep 4
     python bench/scale.py --only pbt --members 256 --slots 128 --rounds 20 --sleep 2
     python bench/scale.py --only pbt --members 16 --slots 16 --rounds 10 --pbt-baseline
+    python bench/scale.py --only pbt --members 96 --slots 16 --rounds 3 --sleep 2 \
+        --start-baseline
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import logging
@@ -37,7 +43,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -61,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pbt-baseline", action="store_true", help="pbt: also run with Ray's "
                    "own behaviour (a new worker per member per round) for comparison")
+    p.add_argument("--start-baseline", action="store_true", help="also run each strategy "
+                   "without the worker_starts guard (Tune hands a kept worker to a trial "
+                   "whose own worker is starting, killing that process)")
     p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--profile", default=None, metavar="PREFIX", help="cProfile the driver "
@@ -239,6 +248,7 @@ def measure(run_fn: Any, csv_path: Path, rows: int,
     (and cProfile of the driver's thread into `profile` when given)."""
     sampler = Sampler(csv_path)
     prof = cProfile.Profile() if profile else None
+    placed = actors_placed()
     c0, t0 = driver_cpu(), time.time()
     sampler.start()
     try:
@@ -250,10 +260,33 @@ def measure(run_fn: Any, csv_path: Path, rows: int,
         sampler.join()
     wall, cpu = time.time() - t0, driver_cpu() - c0
     return {"result": out, "wall_s": wall, "driver_cpu_s": cpu,
-
+            "placed": actors_placed() - placed,
             "quarters_ms": per_quarter(sampler.samples, rows),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "samples": sampler.samples}
+
+
+def actors_placed() -> int:
+    """Actors Ray has created so far (alive or dead), from the GCS actor table."""
+    from ray._private import state
+
+    return len(state.actors())
+
+
+@contextlib.contextmanager
+def start_guard(on: bool) -> Iterator[None]:
+    """With `on` False, the worker_starts guard answers "not starting" for every trial."""
+    from unittest import mock
+
+    from yolo_ray.cluster import scheduler, worker_starts
+
+    if on:
+        yield
+        return
+    never = lambda *a: False  # noqa: E731
+    with mock.patch.object(worker_starts, "own_worker_starting", never), \
+            mock.patch.object(scheduler, "own_worker_starting", never):
+        yield
 
 
 def profile_path(args: argparse.Namespace, run: str) -> str | None:
@@ -378,17 +411,17 @@ def round_gaps(entries: list[dict], slots: int) -> dict[str, float]:
 def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> str:
     lines = ["| run | slots (fake GPUs) | rows | wall | most trials running at once | idle "
              "slot-time (steady) | driver CPU per row | per row by quarter of the run | "
-             "actor processes | driver peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "worker processes set up / placed | driver peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in res.items():
         shape = (f"{m['trials']} trials, sleep {args.sleep:g} s ± {100 * args.spread:.0f} %"
-                 if name == "classic" else
+                 if name.startswith("classic") else
                  f"{m['members']} members × {m['rounds']} rounds, epoch "
                  f"{args.pbt_sleep or args.sleep:g} s ± {100 * args.spread:.0f} %")
         q = " / ".join(f"{v:.1f}" for v in m["quarters_ms"])
         lines.append(f"| {name}: {shape} | {m['slots']} | {m['rows']} | {m['wall_s']:.0f} s | "
                      f"{m['max_running']} | {100 * m['idle']:.2f} % (window "
                      f"{m['window_s']:.0f} s) | {1e3 * m['driver_cpu_s'] / m['rows']:.1f} ms | "
-                     f"{q} ms | {m.get('actors', '-')} | {m['peak_rss_mb']:.0f} MB |")
+                     f"{q} ms | {m.get('actors', '-')} / {m['placed']} | {m['peak_rss_mb']:.0f} MB |")
     notes = [f"\nray.init: {init_s:.1f} s."]
     if "classic" in res:
         c = res["classic"]
@@ -442,12 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="scale_bench_") as tmp:
-            runs = [("classic", run_classic), ("pbt", run_pbt)]
+            runs = [("classic", run_classic, True), ("pbt", run_pbt, True)]
+            if args.start_baseline:
+                runs.insert(1, ("classic, no start guard", run_classic, False))
+                runs.append(("pbt, no start guard", run_pbt, False))
             if args.pbt_baseline:
-                runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False)))
-            for name, fn in runs:
+                runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False), True))
+            for name, fn, guard in runs:
                 if args.only in (None, name.split(",")[0]):
-                    res[name] = fn(args, Path(tmp) / f"run{len(res)}")
+                    with start_guard(guard):
+                        res[name] = fn(args, Path(tmp) / f"run{len(res)}")
                     print(f"# {name}: " + json.dumps({k: v for k, v in res[name].items()
                                                       if k != "samples"}), file=sys.stderr)
     finally:

@@ -60,12 +60,15 @@ def one_epoch_rounds(**kw: Any) -> GAPopulationBasedTraining:
 
 
 def fit_population(trainable: Any, members: int, scheduler: Any, storage: Path, *,
-                   max_failures: int = 0, time_budget_s: float | None = None) -> Any:
-    """`members` members (one CPU each, actors reused) on a fresh local Ray; Tune's results."""
+                   max_failures: int = 0, time_budget_s: float | None = None,
+                   slots: int | None = None, on_end: Callable[[], None] | None = None) -> Any:
+    """`members` members (one CPU each, actors reused) on a fresh local Ray with `slots` CPUs
+    (default: one per member); Tune's results. `on_end` runs before Ray shuts down."""
     import ray
     from ray import tune
 
-    ray.init(address="local", num_cpus=members, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=slots or members, include_dashboard=False,
+             log_to_driver=False)
     try:
         return tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
@@ -77,4 +80,6 @@ def fit_population(trainable: Any, members: int, scheduler: Any, storage: Path, 
                                           max_failures=max_failures)),
         ).fit()
     finally:
+        if on_end is not None:
+            on_end()
         ray.shutdown()

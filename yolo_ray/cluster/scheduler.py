@@ -27,6 +27,7 @@ from .actor_parking import ActorParking
 from .pbt_state import (MemberPlan, PBTState, member_record, record_round, resume_round,
                         row_trial_id)
 from .tune_failures import count_each_failure_once
+from .worker_starts import leave_starting_workers, own_worker_starting
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
@@ -140,6 +141,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     # ------------------------------------------------------------------ trial lifecycle
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         count_each_failure_once(tune_controller)  # members reuse workers: see tune_failures
+        leave_starting_workers(tune_controller)   # and see worker_starts
         self._load_state_once()
         member = self._member(trial)
         plan = self._state.members.get(member)
@@ -218,11 +220,20 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             # failure of a trial it already requeued).
             self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
-        trial = super().choose_trial_to_run(tune_controller)
+        trial = self._next_member(tune_controller)
         if trial is None or not self._parking.can_start(trial):
             return None  # none, or wait for a kept worker instead of starting a process
         self._parking.release(trial)  # it runs again, on its parked actor if still cached
         return trial
+
+    def _next_member(self, tune_controller: Any) -> Trial | None:
+        """Ray's pick (the waiting member least trained, within the round when synchronous),
+        leaving out members whose own new worker is starting: they start on it."""
+        waiting = [t for t in tune_controller.get_trials()
+                   if t.status in (Trial.PENDING, Trial.PAUSED) and not
+                   (self._synch and self._trial_state[t].last_train_time >=
+                    self._next_perturbation_sync) and not own_worker_starting(tune_controller, t)]
+        return min(waiting, key=lambda t: self._trial_state[t].last_train_time, default=None)
 
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,

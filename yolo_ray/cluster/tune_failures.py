@@ -24,11 +24,13 @@ def count_each_failure_once(tune_controller: Any) -> None:
     the second for a failure of a trial that had not started, which it ends for good whatever
     --max-failures says: every worker that died during a reset cost its trial. The
     controller's class is swapped for one whose `_trial_task_failure` (both reports go
-    through it) skips a repeat; its instance dict is left alone, as Tune snapshots it."""
+    through it) skips a repeat; its instance dict is left alone, as Tune snapshots it.
+    Idempotent, and composes with other swaps of the class (worker_starts)."""
     # Schedulers get a TrialRunnerWrapper; the controller is behind it.
     controller = getattr(tune_controller, "_tune_controller", tune_controller)
     cls = type(controller)
-    if cls in _ONCE.values() or not callable(getattr(cls, "_trial_task_failure", None)):
+    if any(c in _ONCE.values() for c in cls.__mro__) or \
+            not callable(getattr(cls, "_trial_task_failure", None)):
         return
     if cls not in _ONCE:
         def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:

@@ -33,6 +33,7 @@ from .trainable import (
     result_values,
     suggestion_from_config,
 )
+from .worker_starts import LeaveStartingTrials
 
 if TYPE_CHECKING:
     from .launch import PreparedRun
@@ -59,12 +60,14 @@ def build_scheduler(request: EvolveRequest) -> Any:
     return _FIFO()
 
 
-class _FIFO(CountFailuresOnce, FIFOScheduler):
-    """FIFO; a worker dying during a reused worker's reset costs one retry, not the trial."""
+class _FIFO(LeaveStartingTrials, CountFailuresOnce, FIFOScheduler):
+    """FIFO; a worker dying during a reused worker's reset costs one retry, not the trial;
+    a reused worker goes to a trial whose own is not starting."""
 
 
-class _ASHA(CountFailuresOnce, ASHAScheduler):
-    """ASHA; a worker dying during a reused worker's reset costs one retry, not the trial."""
+class _ASHA(LeaveStartingTrials, CountFailuresOnce, ASHAScheduler):
+    """ASHA; a worker dying during a reused worker's reset costs one retry, not the trial;
+    a reused worker goes to a trial whose own is not starting."""
 
 
 def build_trainable(request: EvolveRequest) -> Any:
