@@ -98,6 +98,23 @@ def test_bottom_quantile_clones_a_top_member(space, hyp, tmp_path):
     assert not r0.meta["cloned"] and r0.meta["parent_rows"] == [0]
 
 
+def test_members_ending_rewrite_the_state_file_once_at_the_end(space, hyp, tmp_path):
+    # Rewritten per ending member it cost O(members²) at the end of a run (bench/scale.py).
+    store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))
+    state_path = tmp_path / STATE_NAME
+    sched = make_scheduler(space, hyp, tmp_path, store=store, state_path=state_path)
+    controller, trials = add_population(sched, 4, tmp_path)
+    run_round(sched, controller, trials, K, [0.4, 0.1, 0.3, 0.2])
+    after_round = state_path.read_text()
+    for i, t in enumerate(trials):
+        sched.on_trial_complete(controller, t, result(2 * K, 0.5 + i / 10))
+        t.status = Trial.TERMINATED
+        if i < len(trials) - 1:
+            assert state_path.read_text() == after_round  # deferred while others run
+    assert len(store.rows()) == 8
+    assert set(PBTState.load(state_path).rows) == {r.meta["trial_id"] for r in store.rows()}
+
+
 def test_a_parent_still_saving_its_pause_checkpoint_is_not_saved_again(space, hyp, tmp_path):
     """The round ends while the first member's pause save is in flight (Tune shows it RUNNING
     until that save resolves). The clone must take that save, with no second save ordered:

@@ -31,6 +31,7 @@ from .worker_starts import leave_starting_workers, own_worker_starting
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
+STATE_SAVE_S = 2.0  # deferred pbt_state.json writes (members added or ended) at most this often
 
 
 class GAPopulationBasedTraining(PopulationBasedTraining):
@@ -96,7 +97,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._state_path = Path(state_path) if state_path is not None else None
         self._state = PBTState(seed=seed, interval=self._interval)
         self._loaded = False
-        self._unsaved = False  # members added since the state file was last written
+        self._unsaved = False  # members added or ended since the state file was written
+        self._next_save = -math.inf  # deferred state writes: at most one per STATE_SAVE_S
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
@@ -186,7 +188,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             except StoreError as e:
                 LOGGER.error(f"evolve: {e}; stopping (everything written before is intact)")
                 self.store_error = e
-            self._save_state()
+            # Deferred (the state file is rewritten whole: per member that was O(members²)
+            # at the end of a run); a row missing from it is found in the store on resume.
+            self._unsaved = True
+            if not any(t is not trial for t in tune_controller.get_live_trials()):
+                self._save_state()  # the last member: the file ends complete
         self._parking.release(trial)
         super().on_trial_complete(tune_controller, trial, result)
 
@@ -205,7 +211,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.store_error is not None:
             raise self.store_error
-        if self._unsaved:
+        if self._unsaved and time.monotonic() >= self._next_save:
             self._save_state()
         if self._resume_pending:
             self._resume_pending = False
@@ -232,8 +238,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         waiting = [t for t in tune_controller.get_trials()
                    if t.status in (Trial.PENDING, Trial.PAUSED) and not
                    (self._synch and self._trial_state[t].last_train_time >=
-                    self._next_perturbation_sync) and not own_worker_starting(tune_controller, t)]
-        return min(waiting, key=lambda t: self._trial_state[t].last_train_time, default=None)
+                    self._next_perturbation_sync)]
+        waiting.sort(key=lambda t: self._trial_state[t].last_train_time)
+        return next((t for t in waiting if not own_worker_starting(tune_controller, t)), None)
 
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
@@ -395,7 +402,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         return -math.inf if score is None or math.isnan(score) else float(score)
 
     def _save_state(self) -> None:
-        self._unsaved = False
+        self._unsaved, self._next_save = False, time.monotonic() + STATE_SAVE_S
         if self._state_path is not None:
             self._state.save(self._state_path)
 
