@@ -145,9 +145,13 @@ def slow_starting_member(steps: Path) -> Any:
     return Member
 
 
-def workers_placed(tmp_path: Path) -> int:
-    """Run MEMBERS members on SLOTS slots; how many worker actors Ray created (given a slot,
-    whether or not their process got as far as setting up)."""
+SCHEDULERS = {"pbt": one_epoch_rounds, "classic fifo": _FIFO}
+
+
+def workers_placed(tmp_path: Path, strategy: str) -> int:
+    """Run MEMBERS trials (PBT members, or classic trials of EPOCHS epochs) on SLOTS slots;
+    how many worker actors Ray created (given a slot, whether or not their process got as
+    far as setting up)."""
     import ray
     from ray._private import state
 
@@ -159,7 +163,7 @@ def workers_placed(tmp_path: Path) -> int:
         created.append(sum(a.get("ActorClassName", "").endswith("Trainable")
                            for a in state.actors().values()))
 
-    grid = fit_population(slow_starting_member(steps), MEMBERS, one_epoch_rounds(),
+    grid = fit_population(slow_starting_member(steps), MEMBERS, SCHEDULERS[strategy](),
                           tmp_path / "ray", slots=SLOTS, on_end=count)
     assert [grid[i].metrics["epoch"] for i in range(len(grid))] == [EPOCHS] * MEMBERS
     assert len(list(steps.glob("*-*"))) == MEMBERS * EPOCHS
@@ -168,15 +172,17 @@ def workers_placed(tmp_path: Path) -> int:
 
 
 @pytest.mark.ray
-def test_pbt_members_do_not_kill_a_starting_worker(tmp_path):
-    assert workers_placed(tmp_path) == SLOTS
+@pytest.mark.parametrize("strategy", SCHEDULERS)
+def test_a_starting_worker_is_not_killed_for_a_kept_one(tmp_path, strategy):
+    assert workers_placed(tmp_path, strategy) == SLOTS
 
 
 @pytest.mark.ray
-def test_without_the_guard_tune_kills_starting_workers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", SCHEDULERS)
+def test_without_the_guard_tune_kills_starting_workers(tmp_path, monkeypatch, strategy):
     # What the guard avoids, and the check that the test above can fail: the first worker
     # frees up while the others start; Tune hands it to the member whose own worker is
     # starting, kills that process, and the freed slot starts the next member's.
     monkeypatch.setattr(pbt_scheduler, "own_worker_starting", lambda *a: False)
     monkeypatch.setattr(worker_starts, "own_worker_starting", lambda *a: False)
-    assert workers_placed(tmp_path) > SLOTS
+    assert workers_placed(tmp_path, strategy) > SLOTS
