@@ -34,6 +34,8 @@ import time
 import weakref
 from typing import Any, Callable
 
+from .controller_swap import unwrap_controller
+
 LOGGER = logging.getLogger("yolo_ray")
 # search algorithm -> the parking that holds members for it (see _park_aware)
 _PARKINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -231,8 +233,7 @@ class ActorParking:
             return True
         if self._disabled:
             return False
-        # The scheduler gets a TrialRunnerWrapper; the controller is behind it.
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        controller = unwrap_controller(tune_controller)
         cache = getattr(controller, "_actor_cache", None)
         search = getattr(controller, "_search_alg", None)
         manager = getattr(controller, "_actor_manager", None)

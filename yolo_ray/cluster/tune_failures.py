@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import Any, Callable
+
+from .controller_swap import swap_controller_method
 
 LOGGER = logging.getLogger("yolo_ray")
 _ONCE: dict[type, type] = {}  # controller class -> its subclass handling each failure once
@@ -25,27 +27,23 @@ def count_each_failure_once(tune_controller: Any) -> None:
     --max-failures says: every worker that died during a reset cost its trial. The
     controller's class is swapped for one whose `_trial_task_failure` (both reports go
     through it) skips a repeat; its instance dict is left alone, as Tune snapshots it.
-    Idempotent, and composes with other swaps of the class (worker_starts)."""
-    # Schedulers get a TrialRunnerWrapper; the controller is behind it.
-    controller = getattr(tune_controller, "_tune_controller", tune_controller)
-    cls = type(controller)
-    if any(c in _ONCE.values() for c in cls.__mro__) or \
-            not callable(getattr(cls, "_trial_task_failure", None)):
-        return
-    if cls not in _ONCE:
-        def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:
-            if _LAST_FAILURE.get(trial) is exception:
-                LOGGER.debug(f"{trial}: the same failure reported again; handled once")
-                return
-            _LAST_FAILURE[trial] = exception
-            # A failed reset is over: Tune forgets to say so, and a retried trial still
-            # marked as resetting waits forever for a worker (it was ended before, so no
-            # one noticed).
-            getattr(self, "_resetting_trials", set()).discard(trial)
-            cls._trial_task_failure(self, trial, exception)
-        _ONCE[cls] = type(f"OnceFailing{cls.__name__}", (cls,),
-                          {"_trial_task_failure": _trial_task_failure})
-    controller.__class__ = _ONCE[cls]
+    Idempotent, and composes with the other mends (controller_swap)."""
+    swap_controller_method(tune_controller, _ONCE, "_trial_task_failure", "OnceFailing",
+                           _handled_once)
+
+
+def _handled_once(cls: type) -> Callable[..., None]:
+    """`cls._trial_task_failure` that skips a repeat of the trial's last exception."""
+    def _trial_task_failure(self: Any, trial: Any, exception: Exception) -> None:
+        if _LAST_FAILURE.get(trial) is exception:
+            LOGGER.debug(f"{trial}: the same failure reported again; handled once")
+            return
+        _LAST_FAILURE[trial] = exception
+        # A failed reset is over: Tune forgets to say so, and a retried trial still marked
+        # as resetting waits forever for a worker (it was ended before, so no one noticed).
+        getattr(self, "_resetting_trials", set()).discard(trial)
+        cls._trial_task_failure(self, trial, exception)
+    return _trial_task_failure
 
 
 class CountFailuresOnce:

@@ -13,9 +13,11 @@ hands cached workers to waiting trials on its own, after the scheduler's pick).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.experiment import Trial
+
+from .controller_swap import swap_controller_method, unwrap_controller
 
 _LEAVING: dict[type, type] = {}  # controller class -> its subclass that leaves starting trials
 
@@ -25,7 +27,7 @@ def own_worker_starting(tune_controller: Any, trial: Any) -> bool:
 
     `tune_controller` is the TuneController or the wrapper Tune gives schedulers; a Tune
     without the parts read here answers False (the old behaviour)."""
-    ctl = getattr(tune_controller, "_tune_controller", tune_controller)
+    ctl = unwrap_controller(tune_controller)
     tracked = getattr(ctl, "_trial_to_actor", {}).get(trial)
     live = getattr(getattr(ctl, "_actor_manager", None),
                    "_live_actors_to_ray_actors_resources", None)
@@ -40,20 +42,18 @@ def leave_starting_workers(tune_controller: Any) -> None:
 
     Its class is swapped for one whose `_maybe_reuse_cached_actor` (every hand-out of a
     cached worker goes through it) declines such a trial; the instance dict is left alone,
-    as Tune snapshots it. Idempotent, and composes with other swaps of the class."""
-    controller = getattr(tune_controller, "_tune_controller", tune_controller)
-    cls = type(controller)
-    if any(c in _LEAVING.values() for c in cls.__mro__) or \
-            not callable(getattr(cls, "_maybe_reuse_cached_actor", None)):
-        return
-    if cls not in _LEAVING:
-        def _maybe_reuse_cached_actor(self: Any, trial: Any) -> bool:
-            if own_worker_starting(self, trial):
-                return False  # it starts on its own worker; the cached one waits for another
-            return cls._maybe_reuse_cached_actor(self, trial)
-        _LEAVING[cls] = type(f"Leaving{cls.__name__}", (cls,),
-                             {"_maybe_reuse_cached_actor": _maybe_reuse_cached_actor})
-    controller.__class__ = _LEAVING[cls]
+    as Tune snapshots it. Idempotent, and composes with the other mends (controller_swap)."""
+    swap_controller_method(tune_controller, _LEAVING, "_maybe_reuse_cached_actor",
+                           "Leaving", _declining_starting)
+
+
+def _declining_starting(cls: type) -> Callable[..., bool]:
+    """`cls._maybe_reuse_cached_actor` that declines a trial whose own worker is starting."""
+    def _maybe_reuse_cached_actor(self: Any, trial: Any) -> bool:
+        if own_worker_starting(self, trial):
+            return False  # it starts on its own worker; the cached one waits for another
+        return cls._maybe_reuse_cached_actor(self, trial)
+    return _maybe_reuse_cached_actor
 
 
 class LeaveStartingTrials:
