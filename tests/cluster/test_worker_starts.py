@@ -124,11 +124,11 @@ MEMBERS, SLOTS, EPOCHS = 4, 2, 2
 
 
 def slow_starting_member(steps: Path) -> Any:
-    """Every worker process but the first takes 3 s to set up (a busy box); epochs take
-    1 s, so the first worker is free again while the second starts, and long enough for Ray
-    to give a freed slot to the next member's request."""
+    """Every worker process but the first takes 5 s to set up (a busy box); epochs take
+    2 s, so the first worker is free again while the second starts, and long enough for Ray
+    to give a freed slot to the next member's request (it took over 1 s in some runs)."""
     def train_epoch(self: Any) -> dict:
-        time.sleep(1.0)
+        time.sleep(2.0)
         self.epoch += 1
         (steps / f"{self.member}-{self.epoch}").write_text(str(os.getpid()))
         return {"epoch": self.epoch, "fitness": self.epoch + 0.1 * self.member,
@@ -139,7 +139,7 @@ def slow_starting_member(steps: Path) -> Any:
             try:
                 os.close(os.open(steps / "first", os.O_CREAT | os.O_EXCL))
             except FileExistsError:
-                time.sleep(3.0)
+                time.sleep(5.0)
             super().setup(config)
 
     return Member
