@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pbt-baseline", action="store_true", help="pbt: also run with Ray's "
                    "own behaviour (a new worker per member per round) for comparison")
+    p.add_argument("--ahead-baseline", action="store_true", help="pbt: also run with members "
+                   "pausing at every round end (no run-ahead) for comparison")
     p.add_argument("--start-baseline", action="store_true", help="also run each strategy "
                    "without the worker_starts guard (Tune hands a kept worker to a trial "
                    "whose own worker is starting, killing that process)")
@@ -136,6 +138,7 @@ def member_class() -> type:
             done = self.epoch >= self.total
             return results_for(self.quality) | {
                 "fitness": self.quality, "epoch": self.epoch, "final": done, "done": done,
+                "epochs_total": self.total,
                 "member": self.member, "round_start": t0, "round_end": time.time(),
                 "node": "sim", "device": "sim"}
 
@@ -341,14 +344,23 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return m
 
 
-def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True) -> dict[str, Any]:
-    """PBT with our scheduler; keep_workers=False measures Ray's own restart per round."""
+def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
+            run_ahead: bool = True) -> dict[str, Any]:
+    """PBT with our scheduler; keep_workers=False measures Ray's own restart per round,
+    run_ahead=False members pausing at every round end."""
     from unittest import mock
 
     from yolo_ray.cluster.actor_parking import ActorParking
+    from yolo_ray.cluster.pbt_run_ahead import RunAhead
 
     park = ActorParking.park if keep_workers else (lambda *a, **k: None)
-    with mock.patch.object(ActorParking, "park", park):
+    init = RunAhead.__init__
+
+    def run_ahead_init(self: Any, enabled: bool = True) -> None:
+        init(self, enabled and run_ahead and keep_workers)
+
+    with mock.patch.object(ActorParking, "park", park), \
+            mock.patch.object(RunAhead, "__init__", run_ahead_init):
         return _run_pbt(args, root)
 
 
@@ -479,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.start_baseline:
                 runs.insert(1, ("classic, no start guard", run_classic, False))
                 runs.append(("pbt, no start guard", run_pbt, False))
+            if args.ahead_baseline:
+                runs.append(("pbt, no run-ahead", partial(run_pbt, run_ahead=False), True))
             if args.pbt_baseline:
                 runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False), True))
             for name, fn, guard in runs:

@@ -77,6 +77,8 @@ class FakeController:
         self.trials = trials
         self.saved: list[str] = []
         self.paused: list[str] = []
+        self.trained: list[str] = []  # next steps the scheduler started itself (run-ahead)
+        self._cached_trial_decisions: dict[str, str] = {}
 
     def get_trials(self) -> list[FakeTrial]:
         return self.trials
@@ -87,6 +89,9 @@ class FakeController:
     def _schedule_trial_save(self, trial: FakeTrial, result: dict | None = None) -> Any:
         self.saved.append(trial.trial_id)
         return FakeCheckpoint(f"{trial.trial_id}/epoch{result['epoch'] if result else '?'}")
+
+    def _schedule_trial_train(self, trial: FakeTrial) -> None:
+        self.trained.append(trial.trial_id)
 
     def pause_trial(self, trial: FakeTrial, should_checkpoint: bool = True) -> None:
         self.paused.append(trial.trial_id)
@@ -102,6 +107,7 @@ def result(epoch: int, fit: float) -> dict[str, Any]:
 def make_scheduler(space: SearchSpace, hyp: Any, tmp_path: Path, **kw: Any
                    ) -> GAPopulationBasedTraining:
     kw.setdefault("log_config", False)
+    kw.setdefault("run_ahead", False)  # the pausing path; run-ahead tests ask for it
     return GAPopulationBasedTraining(space, hyp, K, seed=kw.pop("seed", 0), **kw)
 
 

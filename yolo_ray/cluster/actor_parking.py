@@ -147,6 +147,11 @@ class ActorParking:
         if key is not None:
             self._controller._actor_cache.decrease_max(key)
 
+    def cached_workers(self) -> int:
+        """Idle workers in Tune's actor cache now (0 before the first park)."""
+        ctl = self._controller
+        return int(ctl._actor_cache._num_cached_objects) if ctl is not None else 0
+
     def can_start(self, trial: Any) -> bool:
         """Whether Tune should stage `trial` now: it has a worker already, a kept one is free,
         or a slot is idle. Otherwise Tune asks Ray for a new worker, which it cancels when a

@@ -24,6 +24,8 @@ from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
+from .controller_swap import unwrap_controller
+from .pbt_run_ahead import RankKey, RunAhead
 from .pbt_state import (MemberPlan, PBTState, member_record, record_round, resume_round,
                         row_trial_id)
 from .tune_failures import count_each_failure_once
@@ -32,6 +34,7 @@ from .worker_starts import leave_starting_workers, own_worker_starting
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
 STATE_SAVE_S = 2.0  # deferred pbt_state.json writes (members added or ended) at most this often
+TOTAL_EPOCHS_KEY = "epochs_total"  # result key: the member's epochs in all (run-ahead stops short)
 
 
 class GAPopulationBasedTraining(PopulationBasedTraining):
@@ -66,6 +69,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         probe_workers_s: when > 0, after each round and after any member error every kept
             worker is pinged and those silent for this long are replaced (a node lost but not
             yet declared dead); the launcher sets it on clusters.
+        run_ahead: members past a round's end go on without pausing when they safely can
+            (pbt_run_ahead.py); same decisions and rows as pausing.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -74,7 +79,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
                  metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
                  store: EvolutionStore | None = None, state_path: str | Path | None = None,
                  log_config: bool = True, keep_workers: bool = True,
-                 probe_workers_s: float = 0.0) -> None:
+                 probe_workers_s: float = 0.0, run_ahead: bool = True) -> None:
         if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
                 perturbation_interval or perturbation_interval < 1:
             raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
@@ -107,6 +112,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._probe_pending = False  # a round ended: ping kept workers before handing out
         self._member_failed = False  # a member errored: the round may wait on it no more
         self._next_barrier_check = 0.0
+        self._ahead = RunAhead(run_ahead)
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -165,6 +171,12 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        early = self._ahead.early(trial, result.get(self._time_attr), self._interval)
+        if early == "stash":  # the next round's end before this round's barrier: wait idle
+            self._ahead.stash[trial] = result
+            return self.NOOP
+        if early == "continue":  # inside the next round, trained early: nothing to decide
+            return self.CONTINUE
         try:
             result = self._record_row(trial, result)
         except StoreError as e:
@@ -172,14 +184,90 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self.store_error = self.store_error or e
             return self.STOP
         before = self._next_perturbation_sync
-        if self._at_barrier(trial, result):  # it will pause: keep its worker for next round
+        boundary = self._at_barrier(trial, result)
+        goes_on = boundary and self._ahead.enabled and not self._slot_wanted(tune_controller,
+                                                                             trial)
+        if boundary and not goes_on:  # it will pause: keep its worker for next round
             self._parking.park(tune_controller, trial)
         decision = super().on_trial_result(tune_controller, trial, result)
+        round_ended = self._next_perturbation_sync != before  # every member reported
+        paused_here = decision == self.PAUSE and trial.status == Trial.RUNNING
+        if boundary and not round_ended:
+            self._ahead.reported(trial, self._rank_key(trial))
+            if goes_on and paused_here:
+                self._ahead.hold(trial, self._round_save(tune_controller, trial, result),
+                                 self._may_run_ahead(result))
+                decision = self.NOOP
+            decision = self._release_safe(tune_controller, trial, decision)
+        elif goes_on and paused_here:  # the round's last: it keeps its weights, trains on
+            self._round_save(tune_controller, trial, result)
+            decision = self.CONTINUE  # Tune waits for the save before the next step
         if decision not in (self.PAUSE, self.NOOP):
             self._parking.release(trial)
-        if self._next_perturbation_sync != before:  # every member reported: a round ended
+        if round_ended:
             self._finish_round(tune_controller)
         return decision
+
+    # ------------------------------------------------------------------ run-ahead
+    def _slot_wanted(self, tune_controller: Any, trial: Trial) -> bool:
+        """Whether members that have yet to train this round outnumber the free workers
+        kept for them: then `trial` pauses and hands its worker over (Ray's way)."""
+        waiting = sum(1 for t in tune_controller.get_trials() if t is not trial and
+                      t.status in (Trial.PENDING, Trial.PAUSED) and
+                      self._trial_state[t].last_train_time < self._next_perturbation_sync)
+        return waiting > self._parking.cached_workers()
+
+    def _rank_key(self, trial: Trial) -> RankKey:
+        return (self._score(trial), -self._member(trial))
+
+    def _may_run_ahead(self, result: Mapping[str, Any]) -> bool:
+        """Not into the run's last round: the member would end before the barrier."""
+        total = result.get(TOTAL_EPOCHS_KEY)
+        return total is not None and result[self._time_attr] + self._interval < int(total)
+
+    def _round_save(self, tune_controller: Any, trial: Trial, result: dict) -> Any:
+        """The save of `trial`'s round-end state: the one in flight (Ray orders one for a
+        top member at the barrier) or a new one."""
+        saving = getattr(trial.temporary_state, "saving_to", None)
+        if isinstance(saving, _FutureTrainingResult):
+            return saving
+        return tune_controller._schedule_trial_save(trial, result=result)
+
+    def _release_safe(self, tune_controller: Any, trial: Trial, decision: str) -> str:
+        """Start held members that can no longer be cloned over; `trial`'s own decision."""
+        ranked = sum(1 for t in self._trial_state if not t.is_finished())
+        for t in self._ahead.release_safe(ranked, self._quantile_fraction):
+            if t is trial:
+                decision = self.CONTINUE
+            else:
+                unwrap_controller(tune_controller)._schedule_trial_train(t)
+        return decision
+
+    def _hand_over_idle(self, tune_controller: Any) -> None:
+        """A member waits to train this round and no worker is free (its own was lost with
+        a node, say): one member idle past the round's end pauses and hands its worker over,
+        as every member past the round's end would without run-ahead. One at a time."""
+        if any(t.status == Trial.RUNNING for t in self._ahead.handed_over):
+            return  # the last one's pause is under way
+        trial = self._ahead.idle_one()
+        if trial is not None:
+            self._ahead.handed_over.add(trial)
+            self._parking.park(tune_controller, trial)
+            tune_controller.pause_trial(trial)
+
+    def _after_barrier(self, tune_controller: Any) -> None:
+        """Held members that kept their weights train on; stashed results are taken now."""
+        held, stash = self._ahead.end_round()
+        controller = unwrap_controller(tune_controller)
+        for t in held:
+            if t.status == Trial.RUNNING:  # not cloned over (those were paused)
+                controller._schedule_trial_train(t)
+        for t, res in stash.items():  # (a handed-over one is PAUSED, its save at that end)
+            decision = self.on_trial_result(tune_controller, t, res)
+            if decision == self.CONTINUE:
+                controller._schedule_trial_train(t)
+            elif decision == self.PAUSE:
+                controller.pause_trial(t)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         if result and self.store_error is None:
@@ -194,10 +282,12 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             if not any(t is not trial for t in tune_controller.get_live_trials()):
                 self._save_state()  # the last member: the file ends complete
         self._parking.release(trial)
+        self._ahead.forget(trial, drop_save=True)
         super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
+        self._ahead.forget(trial)  # retried from its last checkpoint; its save stays for clones
         self._member_failed = True  # retried, or failed for good: known at the next step
         # Perhaps its node was lost: kept workers there must not go to its retry (Tune ends a
         # member whose reset fails on a dead worker for good); ping before handing out.
@@ -206,6 +296,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
+        self._ahead.forget(trial, drop_save=True)
         super().on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
@@ -227,8 +318,11 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
         trial = self._next_member(tune_controller)
-        if trial is None or not self._parking.can_start(trial):
-            return None  # none, or wait for a kept worker instead of starting a process
+        if trial is None:
+            return None
+        if not self._parking.can_start(trial):
+            self._hand_over_idle(tune_controller)
+            return None  # wait for a kept worker instead of starting a process
         self._parking.release(trial)  # it runs again, on its parked actor if still cached
         return trial
 
@@ -245,6 +339,12 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        if trial in upper_quantile and self._ahead.waits(trial):
+            # Past its round's end (held or training on): clones take its round-end save,
+            # not its weights now.
+            self._trial_state[trial].last_checkpoint = self._ahead.saves[trial]
+            self._num_checkpoints += 1
+            return None
         saving = getattr(trial.temporary_state, "saving_to", None)
         if trial in upper_quantile and trial.status == Trial.RUNNING and \
                 isinstance(saving, _FutureTrainingResult):
@@ -287,7 +387,16 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
 
     def _exploit(self, tune_controller: Any, trial: Trial, trial_to_clone: Trial) -> None:
         faults.at_point("pbt.exploit", self._state.round)  # tests only: a driver crash here
+        running = trial.status == Trial.RUNNING
+        if running:  # Ray pauses it (no save): its worker restores the parent's next
+            self._parking.park(tune_controller, trial)
         super()._exploit(tune_controller, trial, trial_to_clone)
+        self._ahead.forget(trial)  # cloned over: what it trained past the round's end goes
+        if running:
+            # Tune queues a STOP for a trial stopped while saving, and would apply it at
+            # the next save it processes: the member's, after it restarts.
+            getattr(unwrap_controller(tune_controller), "_cached_trial_decisions",
+                    {}).pop(trial.trial_id, None)
         self._sources[self._member(trial)] = self._member(trial_to_clone)
 
     def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
@@ -350,6 +459,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
                     f"{len(plans)} members cloned a parent")
+        self._after_barrier(tune_controller)
 
     def _end_round_without_failed(self, tune_controller: Any) -> None:
         """Finish the round when the members still alive all wait at its barrier.
@@ -361,7 +471,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         # Tune's live set still holds the failed trial for a step after its error.
         live = [t for t in tune_controller.get_live_trials() if not t.is_finished()]
         if not self._synch or not live or any(
-                t.status != Trial.PAUSED
+                (t.status != Trial.PAUSED and not self._ahead.waits(t))
                 or self._trial_state[t].last_train_time < self._next_perturbation_sync
                 for t in live):
             return
