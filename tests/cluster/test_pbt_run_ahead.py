@@ -15,13 +15,13 @@ from ray.tune.schedulers import TrialScheduler
 
 from yolo_ray.cluster.pbt_run_ahead import RunAhead, bottom_count
 from yolo_ray.cluster.pbt_state import STATE_NAME
-from yolo_ray.cluster.scheduler import TOTAL_EPOCHS_KEY
+from yolo_ray.cluster.pbt_run_ahead import TOTAL_EPOCHS_KEY
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 from yolo_ray.evolve.store import EvolutionStore
 
 from .member_trainables import epoch_member, fit_population, one_epoch_rounds
-from .tune_fakes import K, FakeCheckpoint, add_population, make_scheduler, result, run_round
+from .tune_fakes import K, add_population, make_scheduler, result, run_round
 
 CONTINUE, NOOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.NOOP, TrialScheduler.PAUSE
 

@@ -19,7 +19,8 @@ from ..errors import WeightsError
 from ..evolve.ga import trial_seed
 from .pbt_state import CKPT_META
 from .request import isolate_devices, trial_device
-from .scheduler import MEMBER_KEY, TOTAL_EPOCHS_KEY
+from .pbt_run_ahead import TOTAL_EPOCHS_KEY
+from .scheduler import MEMBER_KEY
 from .trainable import epoch_report, node_label
 
 LOGGER = logging.getLogger("yolo_ray")

@@ -25,19 +25,17 @@ from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
 from .controller_swap import unwrap_controller
-from .pbt_run_ahead import RankKey, RunAhead
-from .pbt_state import (MemberPlan, PBTState, member_record, record_round, resume_round,
-                        row_trial_id)
+from .pbt_resume import ResumableRounds
+from .pbt_run_ahead import RunAhead, RunAheadRounds
+from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
 from .tune_failures import count_each_failure_once
 from .worker_starts import leave_starting_workers, own_worker_starting
 
 LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
-STATE_SAVE_S = 2.0  # deferred pbt_state.json writes (members added or ended) at most this often
-TOTAL_EPOCHS_KEY = "epochs_total"  # result key: the member's epochs in all (run-ahead stops short)
 
 
-class GAPopulationBasedTraining(PopulationBasedTraining):
+class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBasedTraining):
     """Synchronous PBT whose exploit/explore is YOLOv5's classic GA (spec §1A).
 
     Every `perturbation_interval` epochs all members are evaluated (one round). Members in
@@ -103,7 +101,7 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._state = PBTState(seed=seed, interval=self._interval)
         self._loaded = False
         self._unsaved = False  # members added or ended since the state file was written
-        self._next_save = -math.inf  # deferred state writes: at most one per STATE_SAVE_S
+        self._next_save = -math.inf  # deferred state writes (pbt_resume.STATE_SAVE_S)
         self._resume_pending = False
         self._rngs: dict[Trial, np.random.Generator] = {}
         self._sources: dict[int, int] = {}   # member -> parent member, during one sync
@@ -171,12 +169,9 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        early = self._ahead.early(trial, result.get(self._time_attr), self._interval)
-        if early == "stash":  # the next round's end before this round's barrier: wait idle
-            self._ahead.stash[trial] = result
-            return self.NOOP
-        if early == "continue":  # inside the next round, trained early: nothing to decide
-            return self.CONTINUE
+        early = self._early_result(trial, result)
+        if early is not None:
+            return early
         try:
             result = self._record_row(trial, result)
         except StoreError as e:
@@ -191,83 +186,14 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
             self._parking.park(tune_controller, trial)
         decision = super().on_trial_result(tune_controller, trial, result)
         round_ended = self._next_perturbation_sync != before  # every member reported
-        paused_here = decision == self.PAUSE and trial.status == Trial.RUNNING
-        if boundary and not round_ended:
-            self._ahead.reported(trial, self._rank_key(trial))
-            if goes_on and paused_here:
-                self._ahead.hold(trial, self._round_save(tune_controller, trial, result),
-                                 self._may_run_ahead(result))
-                decision = self.NOOP
-            decision = self._release_safe(tune_controller, trial, decision)
-        elif goes_on and paused_here:  # the round's last: it keeps its weights, trains on
-            self._round_save(tune_controller, trial, result)
-            decision = self.CONTINUE  # Tune waits for the save before the next step
+        if boundary:
+            decision = self._past_round_end(tune_controller, trial, result, decision, goes_on,
+                                            round_ended)
         if decision not in (self.PAUSE, self.NOOP):
             self._parking.release(trial)
         if round_ended:
             self._finish_round(tune_controller)
         return decision
-
-    # ------------------------------------------------------------------ run-ahead
-    def _slot_wanted(self, tune_controller: Any, trial: Trial) -> bool:
-        """Whether members that have yet to train this round outnumber the free workers
-        kept for them: then `trial` pauses and hands its worker over (Ray's way)."""
-        waiting = sum(1 for t in tune_controller.get_trials() if t is not trial and
-                      t.status in (Trial.PENDING, Trial.PAUSED) and
-                      self._trial_state[t].last_train_time < self._next_perturbation_sync)
-        return waiting > self._parking.cached_workers()
-
-    def _rank_key(self, trial: Trial) -> RankKey:
-        return (self._score(trial), -self._member(trial))
-
-    def _may_run_ahead(self, result: Mapping[str, Any]) -> bool:
-        """Not into the run's last round: the member would end before the barrier."""
-        total = result.get(TOTAL_EPOCHS_KEY)
-        return total is not None and result[self._time_attr] + self._interval < int(total)
-
-    def _round_save(self, tune_controller: Any, trial: Trial, result: dict) -> Any:
-        """The save of `trial`'s round-end state: the one in flight (Ray orders one for a
-        top member at the barrier) or a new one."""
-        saving = getattr(trial.temporary_state, "saving_to", None)
-        if isinstance(saving, _FutureTrainingResult):
-            return saving
-        return tune_controller._schedule_trial_save(trial, result=result)
-
-    def _release_safe(self, tune_controller: Any, trial: Trial, decision: str) -> str:
-        """Start held members that can no longer be cloned over; `trial`'s own decision."""
-        ranked = sum(1 for t in self._trial_state if not t.is_finished())
-        for t in self._ahead.release_safe(ranked, self._quantile_fraction):
-            if t is trial:
-                decision = self.CONTINUE
-            else:
-                unwrap_controller(tune_controller)._schedule_trial_train(t)
-        return decision
-
-    def _hand_over_idle(self, tune_controller: Any) -> None:
-        """A member waits to train this round and no worker is free (its own was lost with
-        a node, say): one member idle past the round's end pauses and hands its worker over,
-        as every member past the round's end would without run-ahead. One at a time."""
-        if any(t.status == Trial.RUNNING for t in self._ahead.handed_over):
-            return  # the last one's pause is under way
-        trial = self._ahead.idle_one()
-        if trial is not None:
-            self._ahead.handed_over.add(trial)
-            self._parking.park(tune_controller, trial)
-            tune_controller.pause_trial(trial)
-
-    def _after_barrier(self, tune_controller: Any) -> None:
-        """Held members that kept their weights train on; stashed results are taken now."""
-        held, stash = self._ahead.end_round()
-        controller = unwrap_controller(tune_controller)
-        for t in held:
-            if t.status == Trial.RUNNING:  # not cloned over (those were paused)
-                controller._schedule_trial_train(t)
-        for t, res in stash.items():  # (a handed-over one is PAUSED, its save at that end)
-            decision = self.on_trial_result(tune_controller, t, res)
-            if decision == self.CONTINUE:
-                controller._schedule_trial_train(t)
-            elif decision == self.PAUSE:
-                controller.pause_trial(t)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         if result and self.store_error is None:
@@ -458,7 +384,8 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
         self._probe_pending = True
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
-                    f"{len(plans)} members cloned a parent")
+                    f"{len(plans)} members cloned a parent; {self._ahead.released} trained "
+                    "on before the round ended (run-ahead)")
         self._after_barrier(tune_controller)
 
     def _end_round_without_failed(self, tune_controller: Any) -> None:
@@ -510,52 +437,6 @@ class GAPopulationBasedTraining(PopulationBasedTraining):
     def _score(self, trial: Trial) -> float:
         score = self._trial_state[trial].last_score
         return -math.inf if score is None or math.isnan(score) else float(score)
-
-    def _save_state(self) -> None:
-        self._unsaved, self._next_save = False, time.monotonic() + STATE_SAVE_S
-        if self._state_path is not None:
-            self._state.save(self._state_path)
-
-    def _load_state_once(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        if self._state_path is None or not self._state_path.is_file():
-            return
-        state = PBTState.load(self._state_path)
-        if (state.seed, state.interval) != (self._seed, self._interval):
-            raise ConfigError(f"{self._state_path}: saved with seed {state.seed} and interval "
-                              f"{state.interval}, this scheduler has {self._seed} and "
-                              f"{self._interval}")
-        self._state = state
-        LOGGER.info(f"PBT state restored from {self._state_path}: round {state.round}")
-
-    def _apply_saved_round(self, tune_controller: Any) -> None:
-        """After Tuner.restore: every unfinished member restarts the saved round's start.
-
-        Ray restores each trial from its own last snapshot, which may predate the last
-        exploit; the saved plan (genes + the source's checkpoint at the round's first epoch)
-        is authoritative. Without all those checkpoints (killed right after a round ended)
-        the previous round is replayed: its draws and stored fitness are the same, so it
-        makes the same decisions, and its rows are not written twice.
-        """
-        trials = {self._member(t): t for t in tune_controller.get_trials()}
-        live = {m: t for m, t in trials.items() if not t.is_finished()}
-        round_index, plans, found = resume_round(self._state, self._interval, live, trials,
-                                                 self._state_path)
-        start = round_index * self._interval
-        for member, trial in live.items():
-            trial.set_config({**trial.config, **plans[member].config})
-            trial.run_metadata.checkpoint_manager._latest_checkpoint_result = found[member]
-            state = self._trial_state[trial]
-            state.last_perturbation_time = state.last_train_time = start
-            state.last_score = None
-        if plans is self._state.previous:
-            self._state.members = self._state.previous
-        self._state.round = round_index
-        self._next_perturbation_sync = start + self._interval
-        LOGGER.info(f"PBT resumes at round {round_index} (epoch {start}) with "
-                    f"{len(live)} unfinished members")
 
 
 def _unchanged(config: dict) -> dict:
