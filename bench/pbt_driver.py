@@ -13,6 +13,7 @@ per member result, which at 256 members on a real Ray runs ~5,000 times per 20 r
 
     python bench/pbt_driver.py                           # the run in docs/benchmarks.md
     python bench/pbt_driver.py --members 64 256 --rounds 10
+    python bench/pbt_driver.py --pause                   # members pause at every round's end
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pause", action="store_true", help="members pause at every round's "
+                   "end instead of waiting on their workers")
     return p.parse_args(argv)
 
 
@@ -50,7 +53,7 @@ def timed(calls: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def run(members: int, rounds: int, seed: int) -> dict[str, float]:
+def run(members: int, rounds: int, seed: int, hold: bool = True) -> dict[str, float]:
     """One population through `rounds` rounds; timings in ms (add: s)."""
     from tests.cluster.tune_fakes import K, add_population, make_scheduler, run_round
     from yolo_ray.cluster.pbt_state import STATE_NAME
@@ -64,7 +67,7 @@ def run(members: int, rounds: int, seed: int) -> dict[str, float]:
         root = Path(tmp)
         store = EvolutionStore(root / "run", tuple(hyp.keys()))
         sched = make_scheduler(space, hyp, root, store=store, state_path=root / STATE_NAME,
-                               seed=seed)
+                               seed=seed, hold_at_barrier=hold)
         t0 = time.perf_counter()
         controller, trials = add_population(sched, members, root)
         add_s = time.perf_counter() - t0
@@ -89,9 +92,10 @@ def run(members: int, rounds: int, seed: int) -> dict[str, float]:
             "state_kb": state_kb}
 
 
-def markdown(results: list[dict[str, float]], rounds: int) -> str:
+def markdown(results: list[dict[str, float]], rounds: int, hold: bool = True) -> str:
     out = [f"PBT driver work per row, {rounds} rounds (the real scheduler, store and state "
-           "file; Tune's controller stood in, no workers)", "",
+           f"file; Tune's controller stood in, no workers; members "
+           f"{'held' if hold else 'paused'} at round ends)", "",
            "| members | rows | add all members (s) | ms/row, first quarter | "
            "ms/row, last quarter | last / first | round end (ms, median) | "
            "driver CPU per row (ms) | pbt_state.json (KiB) |",
@@ -109,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("yolo_ray", "ray.tune.schedulers.pbt"):  # no per-round / per-exploit lines
         logging.getLogger(name).setLevel(logging.WARNING)
     (ROOT / "runs").mkdir(exist_ok=True)
-    results = [run(n, args.rounds, args.seed) for n in args.members]
-    print(markdown(results, args.rounds))
+    results = [run(n, args.rounds, args.seed, not args.pause) for n in args.members]
+    print(markdown(results, args.rounds, not args.pause))
     return 0
 
 

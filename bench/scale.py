@@ -17,7 +17,10 @@ Measured from the trials' own timestamps and the driver process:
              Ray placed (created on a slot; some are killed before their setup runs): Tune
              reuses one per slot, or starts new ones (PBT: `--pbt-baseline` also runs Ray's
              own restart of every member per round; `--start-baseline` also runs without
-             our guard against handing a kept worker to a trial whose own one is starting)
+             our guard against handing a kept worker to a trial whose own one is starting;
+             `--hold-baseline` also runs with members paused at every round's end instead of
+             held on their workers)
+    waits    PBT: a member's mean time between its rounds, before / after the round's last end
 
     python bench/scale.py                                   # both, default sizes
     python bench/scale.py --only classic --trials 1000 --slots 64 --sleep 4
@@ -25,6 +28,8 @@ Measured from the trials' own timestamps and the driver process:
     python bench/scale.py --only pbt --members 16 --slots 16 --rounds 10 --pbt-baseline
     python bench/scale.py --only pbt --members 96 --slots 16 --rounds 3 --sleep 2 \
         --start-baseline
+    python bench/scale.py --only pbt --slots 32 --members 32 --rounds 6 --sleep 20 \
+        --spread 0.02 --hold-baseline
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import json
 import logging
 import os
 import pstats
+import re
 import resource
 import sys
 import tempfile
@@ -67,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pbt-baseline", action="store_true", help="pbt: also run with Ray's "
                    "own behaviour (a new worker per member per round) for comparison")
-    p.add_argument("--ahead-baseline", action="store_true", help="pbt: also run with members "
-                   "pausing at every round end (no run-ahead) for comparison")
+    p.add_argument("--hold-baseline", action="store_true", help="pbt: also run with members "
+                   "pausing at every round's end (not held on their workers) for comparison")
     p.add_argument("--start-baseline", action="store_true", help="also run each strategy "
                    "without the worker_starts guard (Tune hands a kept worker to a trial "
                    "whose own worker is starting, killing that process)")
@@ -138,7 +144,6 @@ def member_class() -> type:
             done = self.epoch >= self.total
             return results_for(self.quality) | {
                 "fitness": self.quality, "epoch": self.epoch, "final": done, "done": done,
-                "epochs_total": self.total,
                 "member": self.member, "round_start": t0, "round_end": time.time(),
                 "node": "sim", "device": "sim"}
 
@@ -345,22 +350,22 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
-            run_ahead: bool = True) -> dict[str, Any]:
+            hold: bool = True) -> dict[str, Any]:
     """PBT with our scheduler; keep_workers=False measures Ray's own restart per round,
-    run_ahead=False members pausing at every round end."""
+    hold=False members pausing at every round's end."""
     from unittest import mock
 
     from yolo_ray.cluster.actor_parking import ActorParking
-    from yolo_ray.cluster.pbt_run_ahead import RunAhead
+    from yolo_ray.cluster.pbt_hold import HeldMembers
 
     park = ActorParking.park if keep_workers else (lambda *a, **k: None)
-    init = RunAhead.__init__
+    init = HeldMembers.__init__
 
-    def run_ahead_init(self: Any, enabled: bool = True) -> None:
-        init(self, enabled and run_ahead and keep_workers)
+    def held_init(self: Any, enabled: bool = True) -> None:
+        init(self, enabled and hold and keep_workers)
 
     with mock.patch.object(ActorParking, "park", park), \
-            mock.patch.object(RunAhead, "__init__", run_ahead_init):
+            mock.patch.object(HeldMembers, "__init__", held_init):
         return _run_pbt(args, root)
 
 
@@ -416,7 +421,31 @@ def round_gaps(entries: list[dict], slots: int) -> dict[str, float]:
             for a, b in zip(rounds, rounds[1:])]
     spans = [max(e for _, e in by_round[r]) - min(s for s, _ in by_round[r]) for r in rounds]
     return {"round_gap_s": float(np.median(gaps)) if gaps else float("nan"),
-            "round_span_s": float(np.median(spans))}
+            "round_span_s": float(np.median(spans)), **member_waits(entries, by_round)}
+
+
+def member_waits(entries: list[dict], by_round: dict[int, list[tuple[float, float]]]
+                 ) -> dict[str, float]:
+    """Mean time a member spends between the end of its round r and the start of its
+    round r+1, split at the round's last end (the barrier): before it, the member waits for
+    the slowest; after it, the hand-over (pause, reset, restore) and driver work."""
+    span = {}
+    for e in entries:
+        member, rnd = re.search(r"-m(\d+)-r(\d+)$", e["trial_id"]).groups()
+        span[int(member), int(rnd)] = (float(e["start"]), float(e["end"]))
+    barrier = {r: max(e for _, e in v) for r, v in by_round.items()}
+    before, after = [], []
+    for (member, rnd), (_, end) in span.items():
+        nxt = span.get((member, rnd + 1))
+        if nxt is None:
+            continue
+        gap = max(0.0, nxt[0] - end)
+        b = min(gap, max(0.0, barrier[rnd] - end))
+        before.append(b)
+        after.append(gap - b)
+    nan = float("nan")
+    return {"wait_before_barrier_s": float(np.mean(before)) if before else nan,
+            "wait_after_barrier_s": float(np.mean(after)) if after else nan}
 
 
 # ----------------------------------------------------------------------------- output
@@ -443,7 +472,10 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
             notes.append(f"{name.upper()[:3]}{name[3:]}: best of round 0 "
                          f"{p['first_round_best']:.4f}, best overall {p['best']:.4f}; median "
                          f"round span {p['round_span_s']:.1f} s, median gap between rounds "
-                         f"{p['round_gap_s']:.2f} s; errored trials {p['errors']}.")
+                         f"{p['round_gap_s']:.2f} s; a member's mean wait between its rounds "
+                         f"{p['wait_before_barrier_s']:.2f} s before the round's last end + "
+                         f"{p['wait_after_barrier_s']:.2f} s after; errored trials "
+                         f"{p['errors']}.")
     return "\n".join(lines) + "\n" + " ".join(notes)
 
 
@@ -491,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.start_baseline:
                 runs.insert(1, ("classic, no start guard", run_classic, False))
                 runs.append(("pbt, no start guard", run_pbt, False))
-            if args.ahead_baseline:
-                runs.append(("pbt, no run-ahead", partial(run_pbt, run_ahead=False), True))
+            if args.hold_baseline:
+                runs.append(("pbt, members paused at round ends", partial(run_pbt, hold=False),
+                             True))
             if args.pbt_baseline:
                 runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False), True))
             for name, fn, guard in runs:

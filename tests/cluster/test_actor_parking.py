@@ -301,7 +301,7 @@ def run_population(tmp_path: Path, keep_workers: bool = True
     steps = tmp_path / "steps"
     steps.mkdir()
     grid = fit_population(member_trainable(steps), MEMBERS,
-                          one_epoch_rounds(keep_workers=keep_workers, run_ahead=keep_workers),
+                          one_epoch_rounds(keep_workers=keep_workers, hold_at_barrier=keep_workers),
                           tmp_path / "ray")
     assert [grid[i].metrics["epoch"] for i in range(len(grid))] == [EPOCHS] * MEMBERS
     assert all(grid[i].error is None for i in range(len(grid)))

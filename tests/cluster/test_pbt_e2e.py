@@ -316,36 +316,36 @@ def member_rounds(run_dir: Path) -> tuple[list[str], dict[str, tuple]]:
     return [header] + sorted(rows), lineage
 
 
-def test_run_ahead_trains_exactly_as_pausing(tmp_path, synthetic_data, tiny_model_yaml,
-                                             monkeypatch, caplog):
-    """Real training, 3 members on 3 slots, 4 rounds: members that go on past a round's end
-    (no pause, no restore) write the same evolve.csv rows, to the last digit, with the same
-    lineage, as members that pause and restore their checkpoint at every round's end."""
+def test_held_members_train_exactly_as_pausing(tmp_path, synthetic_data, tiny_model_yaml,
+                                               monkeypatch, caplog):
+    """Real training, 3 members on 3 slots, 4 rounds: members held at each barrier on their
+    workers (no pause, no restore unless cloned over) write the same evolve.csv rows, to
+    the last digit, with the same lineage, as members that pause and restore."""
     import logging
 
     import ray
 
-    from yolo_ray.cluster.pbt_run_ahead import RunAhead
+    from yolo_ray.cluster.pbt_hold import HeldMembers
 
-    init = RunAhead.__init__
+    init = HeldMembers.__init__
     out = {}
-    for run_ahead in (True, False):
-        monkeypatch.setattr(RunAhead, "__init__",
-                            lambda self, enabled=True, on=run_ahead: init(self, enabled and on))
+    for hold in (True, False):
+        monkeypatch.setattr(HeldMembers, "__init__",
+                            lambda self, enabled=True, on=hold: init(self, enabled and on))
         ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
         try:
-            run = tmp_path / f"ahead-{run_ahead}"
+            run = tmp_path / f"hold-{hold}"
             with caplog.at_level(logging.INFO, logger="yolo_ray"):
                 summary = run_pbt(make_request(run, synthetic_data, tiny_model_yaml, epochs=4,
                                                generations=4))
         finally:
             ray.shutdown()
         assert summary.complete and summary.rows == 12
-        out[run_ahead] = member_rounds(run)
-        released = [int(m.split("parent; ")[1].split()[0]) for m in caplog.messages
-                    if "trained on before the round ended" in m]
+        out[hold] = member_rounds(run)
+        went_on = [int(m.split(": ")[1].split()[0]) for m in caplog.messages
+                   if "held at the barrier went on" in m]
         caplog.clear()
-        # rounds 0 and 1 (round 2's next is the last): the second report frees one member
-        assert (sum(released) >= 2 if run_ahead else released == [0, 0, 0]), released
+        # 3 barriers; at each one member of 3 is cloned over (it restores), 2 go on
+        assert went_on == ([2, 2, 2] if hold else []), went_on
     assert out[True] == out[False]
     assert any(cloned for _, cloned in out[True][1].values())

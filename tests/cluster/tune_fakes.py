@@ -77,7 +77,7 @@ class FakeController:
         self.trials = trials
         self.saved: list[str] = []
         self.paused: list[str] = []
-        self.trained: list[str] = []  # next steps the scheduler started itself (run-ahead)
+        self.trained: list[str] = []  # next steps the scheduler started itself (held members)
         self._cached_trial_decisions: dict[str, str] = {}
 
     def get_trials(self) -> list[FakeTrial]:
@@ -107,7 +107,7 @@ def result(epoch: int, fit: float) -> dict[str, Any]:
 def make_scheduler(space: SearchSpace, hyp: Any, tmp_path: Path, **kw: Any
                    ) -> GAPopulationBasedTraining:
     kw.setdefault("log_config", False)
-    kw.setdefault("run_ahead", False)  # the pausing path; run-ahead tests ask for it
+    kw.setdefault("hold_at_barrier", False)  # the pausing path; test_pbt_hold asks for it
     return GAPopulationBasedTraining(space, hyp, K, seed=kw.pop("seed", 0), **kw)
 
 

@@ -19,7 +19,6 @@ from ..errors import WeightsError
 from ..evolve.ga import trial_seed
 from .pbt_state import CKPT_META
 from .request import isolate_devices, trial_device
-from .pbt_run_ahead import TOTAL_EPOCHS_KEY
 from .scheduler import MEMBER_KEY
 from .trainable import epoch_report, node_label
 
@@ -143,14 +142,13 @@ class PBTTrainable(tune.Trainable):
         out = epoch_report(record)
         out.update(member=self.member, round=(trainer.epoch - 1) // self.interval,
                    node=self._node, device=str(trainer.device), start_crc=self._start_crc,
-                   final=trainer.done, done=trainer.done,
-                   **{TOTAL_EPOCHS_KEY: trainer.settings.epochs})
+                   final=trainer.done, done=trainer.done)
         if boundary:
             out.update(weights_crc=weights_crc(trainer.model), round_start=self._round_start,
                        round_end=time.time())
             self._round_start = None
-            # A member that goes on without a restore (run-ahead) starts its next round from
-            # these weights; a restore sets its own.
+            # A member held at the barrier goes on without a restore and starts its next
+            # round from these weights; a restore sets its own.
             self._start_crc = out["weights_crc"]
         return out
 

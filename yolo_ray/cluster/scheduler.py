@@ -26,7 +26,7 @@ from . import faults
 from .actor_parking import ActorParking
 from .controller_swap import unwrap_controller
 from .pbt_resume import ResumableRounds
-from .pbt_run_ahead import RunAhead, RunAheadRounds
+from .pbt_hold import HeldMembers, HoldAtBarrier
 from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
 from .tune_failures import count_each_failure_once
 from .worker_starts import leave_starting_workers, own_worker_starting
@@ -35,7 +35,7 @@ LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
 
 
-class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBasedTraining):
+class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedTraining):
     """Synchronous PBT whose exploit/explore is YOLOv5's classic GA (spec §1A).
 
     Every `perturbation_interval` epochs all members are evaluated (one round). Members in
@@ -67,8 +67,9 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         probe_workers_s: when > 0, after each round and after any member error every kept
             worker is pinged and those silent for this long are replaced (a node lost but not
             yet declared dead); the launcher sets it on clusters.
-        run_ahead: members past a round's end go on without pausing when they safely can
-            (pbt_run_ahead.py); same decisions and rows as pausing.
+        hold_at_barrier: members past a round's end wait on their workers instead of
+            pausing, and those not cloned over train on with no restore (pbt_hold.py);
+            same decisions and rows as pausing.
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -77,7 +78,7 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
                  metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
                  store: EvolutionStore | None = None, state_path: str | Path | None = None,
                  log_config: bool = True, keep_workers: bool = True,
-                 probe_workers_s: float = 0.0, run_ahead: bool = True) -> None:
+                 probe_workers_s: float = 0.0, hold_at_barrier: bool = True) -> None:
         if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
                 perturbation_interval or perturbation_interval < 1:
             raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
@@ -110,7 +111,7 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         self._probe_pending = False  # a round ended: ping kept workers before handing out
         self._member_failed = False  # a member errored: the round may wait on it no more
         self._next_barrier_check = 0.0
-        self._ahead = RunAhead(run_ahead)
+        self._held = HeldMembers(hold_at_barrier)
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -169,9 +170,6 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        early = self._early_result(trial, result)
-        if early is not None:
-            return early
         try:
             result = self._record_row(trial, result)
         except StoreError as e:
@@ -180,14 +178,14 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
             return self.STOP
         before = self._next_perturbation_sync
         boundary = self._at_barrier(trial, result)
-        goes_on = boundary and self._ahead.enabled and not self._slot_wanted(tune_controller,
-                                                                             trial)
-        if boundary and not goes_on:  # it will pause: keep its worker for next round
+        holds = boundary and self._held.enabled and not self._slot_wanted(tune_controller,
+                                                                          trial)
+        if boundary and not holds:  # it will pause: keep its worker for next round
             self._parking.park(tune_controller, trial)
         decision = super().on_trial_result(tune_controller, trial, result)
         round_ended = self._next_perturbation_sync != before  # every member reported
         if boundary:
-            decision = self._past_round_end(tune_controller, trial, result, decision, goes_on,
+            decision = self._past_round_end(tune_controller, trial, result, decision, holds,
                                             round_ended)
         if decision not in (self.PAUSE, self.NOOP):
             self._parking.release(trial)
@@ -208,12 +206,12 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
             if not any(t is not trial for t in tune_controller.get_live_trials()):
                 self._save_state()  # the last member: the file ends complete
         self._parking.release(trial)
-        self._ahead.forget(trial, drop_save=True)
+        self._held.forget(trial, drop_save=True)
         super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
-        self._ahead.forget(trial)  # retried from its last checkpoint; its save stays for clones
+        self._held.forget(trial)  # retried from its last checkpoint; its save stays for clones
         self._member_failed = True  # retried, or failed for good: known at the next step
         # Perhaps its node was lost: kept workers there must not go to its retry (Tune ends a
         # member whose reset fails on a dead worker for good); ping before handing out.
@@ -222,7 +220,7 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
-        self._ahead.forget(trial, drop_save=True)
+        self._held.forget(trial, drop_save=True)
         super().on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
@@ -265,10 +263,10 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
-        if trial in upper_quantile and self._ahead.waits(trial):
-            # Past its round's end (held or training on): clones take its round-end save,
-            # not its weights now.
-            self._trial_state[trial].last_checkpoint = self._ahead.saves[trial]
+        if trial in upper_quantile and self._held.waits(trial):
+            # Held past its round's end: clones take its round-end save (Ray would order a
+            # new save of a RUNNING member).
+            self._trial_state[trial].last_checkpoint = self._held.saves[trial]
             self._num_checkpoints += 1
             return None
         saving = getattr(trial.temporary_state, "saving_to", None)
@@ -317,7 +315,7 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         if running:  # Ray pauses it (no save): its worker restores the parent's next
             self._parking.park(tune_controller, trial)
         super()._exploit(tune_controller, trial, trial_to_clone)
-        self._ahead.forget(trial)  # cloned over: what it trained past the round's end goes
+        self._held.forget(trial)  # cloned over
         if running:
             # Tune queues a STOP for a trial stopped while saving, and would apply it at
             # the next save it processes: the member's, after it restarts.
@@ -384,9 +382,11 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         self._probe_pending = True
         self._save_state()
         LOGGER.info(f"PBT round {done} done: {sum(p.cloned for p in plans.values())} of "
-                    f"{len(plans)} members cloned a parent; {self._ahead.released} trained "
-                    "on before the round ended (run-ahead)")
-        self._after_barrier(tune_controller)
+                    f"{len(plans)} members cloned a parent")
+        going = self._after_barrier(tune_controller)
+        if self._held.enabled:
+            LOGGER.info(f"PBT round {done}: {going} members held at the barrier went on "
+                        "with no restore")
 
     def _end_round_without_failed(self, tune_controller: Any) -> None:
         """Finish the round when the members still alive all wait at its barrier.
@@ -398,7 +398,7 @@ class GAPopulationBasedTraining(RunAheadRounds, ResumableRounds, PopulationBased
         # Tune's live set still holds the failed trial for a step after its error.
         live = [t for t in tune_controller.get_live_trials() if not t.is_finished()]
         if not self._synch or not live or any(
-                (t.status != Trial.PAUSED and not self._ahead.waits(t))
+                (t.status != Trial.PAUSED and not self._held.waits(t))
                 or self._trial_state[t].last_train_time < self._next_perturbation_sync
                 for t in live):
             return
