@@ -74,9 +74,14 @@ def test_members_wait_on_their_workers_with_the_same_decisions(space, hyp, tmp_p
     fits = [0.4, 0.1, 0.3, 0.2]  # member 1 the worst (bottom 1 of 4), member 0 the best
     store, sched, controller, (m0, m1, m2, m3) = held_population(space, hyp, tmp_path / "h")
 
-    decisions = [report(sched, controller, t, K, f) for t, f in zip((m0, m1, m2, m3), fits)]
+    decisions = [report(sched, controller, t, K, f) for t, f in zip((m0, m1, m2), fits)]
+    m1.temporary_state.saving_to = object()  # its round-end save still in flight
+    decisions.append(report(sched, controller, m3, K, fits[3]))
 
     assert decisions == [NOOP, NOOP, NOOP, CONTINUE]  # held; the last one trains on
+    # Tune cached a STOP for m1 (stopped while saving) that it would apply to m1's next
+    # save after its restart, ending the member: dropped.
+    assert m1.trial_id not in controller._cached_trial_decisions
     assert controller.saved == [t.trial_id for t in (m0, m1, m2, m3)]  # round-end saves
     assert controller.paused == [m1.trial_id] and m1.status == Trial.PAUSED  # cloned over
     assert m1.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint.path == \

@@ -94,6 +94,9 @@ class FakeController:
         self.trained.append(trial.trial_id)
 
     def pause_trial(self, trial: FakeTrial, should_checkpoint: bool = True) -> None:
+        if not should_checkpoint and trial.temporary_state.saving_to is not None:
+            # Tune stops a trial that is saving with a STOP cached for after that save
+            self._cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP
         self.paused.append(trial.trial_id)
         trial.status = Trial.PAUSED
 

@@ -25,8 +25,8 @@ from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
 from .controller_swap import unwrap_controller
-from .pbt_resume import ResumableRounds
 from .pbt_hold import HeldMembers, HoldAtBarrier
+from .pbt_resume import ResumableRounds
 from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
 from .tune_failures import count_each_failure_once
 from .worker_starts import leave_starting_workers, own_worker_starting
