@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spread", type=float, default=0.25, help="durations uniform in mean × "
                    "(1 ± spread)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--member-spread", type=float, default=0.0, help="pbt: each member's "
+                   "epochs are slower or faster by a factor of its own, uniform in 1 ± this "
+                   "(stable member speeds, as hyps that change augmentation cost give)")
+    p.add_argument("--order-baseline", action="store_true", help="pbt: also run with members "
+                   "started in Ray's order (not slowest last epoch first)")
     p.add_argument("--pbt-baseline", action="store_true", help="pbt: also run with Ray's "
                    "own behaviour (a new worker per member per round) for comparison")
     p.add_argument("--hold-baseline", action="store_true", help="pbt: also run with members "
@@ -124,8 +129,10 @@ def member_class() -> type:
 
     class SimMember(tune.Trainable):
         def setup(self, config: dict, mean: float = 1.0, spread: float = 0.0,
-                  base: dict | None = None, actors_dir: str = "") -> None:
+                  base: dict | None = None, actors_dir: str = "",
+                  member_spread: float = 0.0) -> None:
             self.mean, self.spread, self.base = mean, spread, dict(base or {})
+            self.member_spread = member_spread
             if actors_dir:  # one file per worker process started (reuse calls reset_config)
                 Path(actors_dir, f"{os.getpid()}").touch()
             self.quality, self.epoch = 0.0, 0
@@ -138,7 +145,9 @@ def member_class() -> type:
 
         def step(self) -> dict:
             t0 = time.time()
-            time.sleep(draw_sleep(self.member, self.epoch, self.mean, self.spread))
+            speed = 1 + self.member_spread * (
+                2 * np.random.default_rng([self.member, 1_000_003]).uniform() - 1)
+            time.sleep(speed * draw_sleep(self.member, self.epoch, self.mean, self.spread))
             self.epoch += 1
             self.quality += 0.1 * synthetic_fitness(self.hyp, self.base)
             done = self.epoch >= self.total
@@ -350,13 +359,17 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
-            hold: bool = True) -> dict[str, Any]:
+            hold: bool = True, slowest_first: bool = True) -> dict[str, Any]:
     """PBT with our scheduler; keep_workers=False measures Ray's own restart per round,
-    hold=False members pausing at every round's end."""
+    hold=False members pausing at every round's end, slowest_first=False Ray's start order."""
     from unittest import mock
 
     from yolo_ray.cluster.actor_parking import ActorParking
     from yolo_ray.cluster.pbt_hold import HeldMembers
+    from yolo_ray.cluster.scheduler import GAPopulationBasedTraining as GA
+
+    order = GA._start_order if slowest_first else \
+        (lambda self, t: (self._trial_state[t].last_train_time, 0.0))
 
     park = ActorParking.park if keep_workers else (lambda *a, **k: None)
     init = HeldMembers.__init__
@@ -365,7 +378,8 @@ def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
         init(self, enabled and hold and keep_workers)
 
     with mock.patch.object(ActorParking, "park", park), \
-            mock.patch.object(HeldMembers, "__init__", held_init):
+            mock.patch.object(HeldMembers, "__init__", held_init), \
+            mock.patch.object(GA, "_start_order", order):
         return _run_pbt(args, root)
 
 
@@ -387,7 +401,7 @@ def _run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     actors.mkdir(parents=True)
     trainable = tune.with_resources(
         tune.with_parameters(member_class(), mean=mean, spread=args.spread, base=base,
-                             actors_dir=str(actors)),
+                             actors_dir=str(actors), member_spread=args.member_spread),
         {"cpu": 1, "gpu": 1})
 
     def fit() -> Any:
@@ -457,7 +471,9 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
         shape = (f"{m['trials']} trials, sleep {args.sleep:g} s ± {100 * args.spread:.0f} %"
                  if name.startswith("classic") else
                  f"{m['members']} members × {m['rounds']} rounds, epoch "
-                 f"{args.pbt_sleep or args.sleep:g} s ± {100 * args.spread:.0f} %")
+                 f"{args.pbt_sleep or args.sleep:g} s ± {100 * args.spread:.0f} %"
+                 + (f", member speeds ± {100 * args.member_spread:.0f} %"
+                    if args.member_spread else ""))
         q = " / ".join(f"{v:.1f}" for v in m["quarters_ms"])
         lines.append(f"| {name}: {shape} | {m['slots']} | {m['rows']} | {m['wall_s']:.0f} s | "
                      f"{m['max_running']} | {100 * m['idle']:.2f} % (window "
@@ -523,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.start_baseline:
                 runs.insert(1, ("classic, no start guard", run_classic, False))
                 runs.append(("pbt, no start guard", run_pbt, False))
+            if args.order_baseline:
+                runs.append(("pbt, Ray's start order", partial(run_pbt, slowest_first=False),
+                             True))
             if args.hold_baseline:
                 runs.append(("pbt, members paused at round ends", partial(run_pbt, hold=False),
                              True))

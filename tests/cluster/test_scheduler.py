@@ -357,3 +357,20 @@ def test_a_row_orphaned_by_a_kill_is_adopted_not_duplicated(space, hyp, tmp_path
     assert len(rows) == 4
     assert sched.state.rows[f"{trials[0].trial_id}-m0-r1"] == 2
     assert rows[3].meta["trial_id"] == f"{trials[1].trial_id}-m1-r1"
+
+
+def test_waiting_members_start_slowest_last_epoch_first(space, hyp, tmp_path):
+    # More members than slots: a round runs in waves and ends with its last wave's slowest
+    # member, so the slow ones go first (longest processing time first).
+    sched = make_scheduler(space, hyp, tmp_path)
+    controller, trials = add_population(sched, 4, tmp_path)
+    run_round(sched, controller, trials, K, [0.4, 0.1, 0.3, 0.2])
+    for t, seconds in zip(trials, (1.0, 3.0, 2.0, 0.5)):
+        t.status = Trial.PAUSED  # all wait for a slot at round 1
+        t.last_result = {**t.last_result, "time_this_iter_s": seconds}
+    order = []
+    for _ in trials:
+        picked = sched.choose_trial_to_run(controller)
+        picked.status = Trial.RUNNING
+        order.append(picked)
+    assert order == [trials[1], trials[2], trials[0], trials[3]]

@@ -251,14 +251,25 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
         return trial
 
     def _next_member(self, tune_controller: Any) -> Trial | None:
-        """Ray's pick (the waiting member least trained, within the round when synchronous),
-        leaving out members whose own new worker is starting: they start on it."""
+        """The waiting member least trained (within the round when synchronous), slowest
+        last epoch first, leaving out members whose own new worker is starting: they start
+        on it."""
         waiting = [t for t in tune_controller.get_trials()
                    if t.status in (Trial.PENDING, Trial.PAUSED) and not
                    (self._synch and self._trial_state[t].last_train_time >=
                     self._next_perturbation_sync)]
-        waiting.sort(key=lambda t: self._trial_state[t].last_train_time)
+        waiting.sort(key=self._start_order)
         return next((t for t in waiting if not own_worker_starting(tune_controller, t)), None)
+
+    def _start_order(self, trial: Trial) -> tuple[float, float]:
+        """Least trained first (Ray's order); then longest last epoch first. With more members
+        than slots a round runs in waves and ends with the last wave's slowest member: the
+        slow members go first and the quick ones fill the slots as they free up (longest
+        processing time first, Graham's rule). A member's epoch time changes little from one
+        round to the next (same model and data; its hyps change augmentation cost)."""
+        last = getattr(trial, "last_result", None) or {}
+        return (self._trial_state[trial].last_train_time,
+                -float(last.get("time_this_iter_s") or 0.0))
 
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
