@@ -140,14 +140,14 @@ def member_class() -> type:
 
         def _apply(self, config: dict) -> None:
             self.member = int(config["trial_index"])
+            self.speed = 1 + self.member_spread * (  # the member's own, every epoch
+                2 * np.random.default_rng([self.member, 1_000_003]).uniform() - 1)
             self.total = int(config["settings"]["epochs"])
             self.hyp = {k: float(config[k]) for k in self.base}
 
         def step(self) -> dict:
             t0 = time.time()
-            speed = 1 + self.member_spread * (
-                2 * np.random.default_rng([self.member, 1_000_003]).uniform() - 1)
-            time.sleep(speed * draw_sleep(self.member, self.epoch, self.mean, self.spread))
+            time.sleep(self.speed * draw_sleep(self.member, self.epoch, self.mean, self.spread))
             self.epoch += 1
             self.quality += 0.1 * synthetic_fitness(self.hyp, self.base)
             done = self.epoch >= self.total

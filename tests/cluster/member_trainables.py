@@ -53,6 +53,29 @@ def epoch_member(train_epoch: Callable[[Any], dict], *,
     return Member
 
 
+def quality_member(train_epoch: Callable[[Any], dict], *,
+                   wait_for: tuple[Path, int] | None = None) -> Any:
+    """`epoch_member` whose state is the epoch and a `self.quality` that `train_epoch`
+    accumulates at the member's `self.lr` (its lr0); checkpoints hold both, and
+    `self.restores` counts the checkpoints this worker process loaded."""
+    class Member(epoch_member(train_epoch, wait_for=wait_for)):
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            Path(checkpoint_dir, "s").write_text(f"{self.epoch} {self.quality}")
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
+            epoch, quality = Path(checkpoint_dir, "s").read_text().split()
+            self.epoch, self.quality = int(epoch), float(quality)
+            self.restores += 1
+
+        def reset_config(self, new_config: dict) -> bool:
+            super().reset_config(new_config)
+            self.quality, self.lr = 0.0, float(new_config["lr0"])
+            self.restores = getattr(self, "restores", 0)  # per process, across members
+            return True
+
+    return Member
+
+
 def one_epoch_rounds(**kw: Any) -> GAPopulationBasedTraining:
     """The GA PBT scheduler with the default hyps and space, one epoch per round, seed 0."""
     return GAPopulationBasedTraining(load_search_space().without("anchors"), load_hyp(None), 1,

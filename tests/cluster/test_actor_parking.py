@@ -21,7 +21,7 @@ from yolo_ray.cluster.scheduler import MEMBER_KEY
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 
-from .member_trainables import epoch_member, fit_population, one_epoch_rounds
+from .member_trainables import epoch_member, fit_population, one_epoch_rounds, quality_member
 
 MEMBERS, EPOCHS = 3, 4
 
@@ -278,20 +278,7 @@ def member_trainable(steps: Path) -> Any:
         self.quality += self.lr
         return {"epoch": self.epoch, "fitness": self.quality, "done": self.epoch >= EPOCHS}
 
-    class Member(epoch_member(train_epoch, wait_for=(steps, MEMBERS))):
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            Path(checkpoint_dir, "s").write_text(f"{self.epoch} {self.quality}")
-
-        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
-            epoch, quality = Path(checkpoint_dir, "s").read_text().split()
-            self.epoch, self.quality = int(epoch), float(quality)
-
-        def reset_config(self, new_config: dict) -> bool:
-            super().reset_config(new_config)
-            self.quality, self.lr = 0.0, float(new_config["lr0"])
-            return True
-
-    return Member
+    return quality_member(train_epoch, wait_for=(steps, MEMBERS))
 
 
 def run_population(tmp_path: Path, keep_workers: bool = True

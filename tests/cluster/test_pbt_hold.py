@@ -20,7 +20,7 @@ from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 from yolo_ray.evolve.store import EvolutionStore
 
-from .member_trainables import epoch_member, fit_population, one_epoch_rounds
+from .member_trainables import fit_population, one_epoch_rounds, quality_member
 from .tune_fakes import K, add_population, make_scheduler, result, run_round
 
 CONTINUE, NOOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.NOOP, TrialScheduler.PAUSE
@@ -154,22 +154,7 @@ def counting_members(steps: Path) -> Any:
         return {"epoch": self.epoch, "fitness": self.quality, "done": self.epoch >= EPOCHS,
                 "restores": self.restores}
 
-    class Member(epoch_member(train_epoch, wait_for=(steps, MEMBERS))):
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            Path(checkpoint_dir, "s").write_text(f"{self.epoch} {self.quality}")
-
-        def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
-            epoch, quality = Path(checkpoint_dir, "s").read_text().split()
-            self.epoch, self.quality = int(epoch), float(quality)
-            self.restores += 1
-
-        def reset_config(self, new_config: dict) -> bool:
-            super().reset_config(new_config)
-            self.quality, self.lr = 0.0, float(new_config["lr0"])
-            self.restores = getattr(self, "restores", 0)
-            return True
-
-    return Member
+    return quality_member(train_epoch, wait_for=(steps, MEMBERS))
 
 
 def run_members(root: Path, hold: bool) -> tuple[dict, int]:

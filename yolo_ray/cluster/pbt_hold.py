@@ -31,6 +31,12 @@ from .controller_swap import unwrap_controller
 from .worker_starts import own_worker_starting
 
 
+def save_in_flight(trial: Any) -> _FutureTrainingResult | None:
+    """The save Tune has ordered for `trial` and not yet processed (None: none)."""
+    saving = getattr(trial.temporary_state, "saving_to", None)
+    return saving if isinstance(saving, _FutureTrainingResult) else None
+
+
 class HeldMembers:
     """One round's members that went past its end without pausing, and their saves."""
 
@@ -107,10 +113,8 @@ class HoldAtBarrier:
     def _round_save(self, tune_controller: Any, trial: Trial, result: dict) -> Any:
         """The save of `trial`'s round-end state: the one in flight (Ray orders one for a
         top member at the barrier) or a new one."""
-        saving = getattr(trial.temporary_state, "saving_to", None)
-        if isinstance(saving, _FutureTrainingResult):
-            return saving
-        return tune_controller._schedule_trial_save(trial, result=result)
+        return save_in_flight(trial) or tune_controller._schedule_trial_save(trial,
+                                                                             result=result)
 
     def _past_round_end(self, tune_controller: Any, trial: Trial, result: dict, decision: str,
                         holds: bool, round_ended: bool) -> str:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from ray import tune
-from ray.train._internal.session import _FutureTrainingResult  # as Ray's own PBT does
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 
@@ -25,7 +24,7 @@ from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
 from .controller_swap import unwrap_controller
-from .pbt_hold import HeldMembers, HoldAtBarrier
+from .pbt_hold import HeldMembers, HoldAtBarrier, save_in_flight
 from .pbt_resume import ResumableRounds
 from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
 from .tune_failures import count_each_failure_once
@@ -280,9 +279,8 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             self._trial_state[trial].last_checkpoint = self._held.saves[trial]
             self._num_checkpoints += 1
             return None
-        saving = getattr(trial.temporary_state, "saving_to", None)
-        if trial in upper_quantile and trial.status == Trial.RUNNING and \
-                isinstance(saving, _FutureTrainingResult):
+        saving = save_in_flight(trial)
+        if trial in upper_quantile and trial.status == Trial.RUNNING and saving is not None:
             # A member that paused at the barrier stays RUNNING until its pause save resolves;
             # Ray would order a second save, which the controller never counts (the pause
             # drops it), so the member's next save reuses that folder and overwrites the
