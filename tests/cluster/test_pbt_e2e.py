@@ -235,13 +235,15 @@ ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=Fal
 s = run_pbt(EvolveRequest(run_dir=Path(a["run"]), data=a["data"], hyp=load_hyp(None),
     cfg=a["cfg"], strategy="pbt", epochs=3, generations=3, interval=1, population=2,
     imgsz=64, batch_size=8, workers=0, cpus_per_trial=1, gpus_per_trial=0.0, verbose=0,
-    resume=a["resume"]))
+    resume=a["resume"], pbt_async=a["async"]))
 print("ROWS", s.rows, s.complete)
 """
 
 
-def start_driver(run: Path, data: Path, cfg: Path, resume: bool, log: Path) -> subprocess.Popen:
-    args = json.dumps({"run": str(run), "data": str(data), "cfg": str(cfg), "resume": resume})
+def start_driver(run: Path, data: Path, cfg: Path, resume: bool, log: Path,
+                 pbt_async: bool = False) -> subprocess.Popen:
+    args = json.dumps({"run": str(run), "data": str(data), "cfg": str(cfg), "resume": resume,
+                       "async": pbt_async})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # Its own session, so every Ray process it spawns can be found and ended afterwards.
     return subprocess.Popen([sys.executable, "-c", DRIVER, args], stdout=log.open("w"),
@@ -269,10 +271,14 @@ def recorded_rows(run: Path) -> int:
         return 0
 
 
-def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):  # ~25-45 s
-    """Kill the driver mid-run (3 of 6 rows), resume: exactly 6 rows, earlier bytes intact."""
+@pytest.mark.parametrize("pbt_async", [False, True], ids=["sync", "async"])
+def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml,
+                                     pbt_async):  # ~25-45 s each
+    """Kill the driver mid-run (3 of 6 rows), resume: exactly 6 rows, earlier bytes intact
+    (asynchronous: each member resumes at its own round)."""
     run = (tmp_path / "exp").resolve()
-    driver = start_driver(run, synthetic_data, tiny_model_yaml, False, tmp_path / "first.log")
+    driver = start_driver(run, synthetic_data, tiny_model_yaml, False, tmp_path / "first.log",
+                          pbt_async)
     try:
         deadline = time.time() + 240
         while recorded_rows(run) < 3 and driver.poll() is None and time.time() < deadline:
@@ -286,7 +292,8 @@ def test_resume_after_driver_sigkill(tmp_path, synthetic_data, tiny_model_yaml):
     side_before = (run / SIDECAR_NAME).read_bytes()
     assert 3 <= len(csv_before.splitlines()) - 1 < 6
 
-    resumed = start_driver(run, synthetic_data, tiny_model_yaml, True, tmp_path / "second.log")
+    resumed = start_driver(run, synthetic_data, tiny_model_yaml, True, tmp_path / "second.log",
+                           pbt_async)
     try:
         assert resumed.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finally:
@@ -349,3 +356,34 @@ def test_held_members_train_exactly_as_pausing(tmp_path, synthetic_data, tiny_mo
         assert went_on == ([2, 2, 2] if hold else []), went_on
     assert out[True] == out[False]
     assert any(cloned for _, cloned in out[True][1].values())
+
+
+def test_async_rounds_rows_and_cloned_weights(local_ray, tmp_path, synthetic_data,
+                                              tiny_model_yaml):
+    """--pbt-async with real training, 3 members taking turns on 2 slots, 4 rounds: one row
+    per member and round, and every round starts from the weights its row's lineage names
+    (a clone: its parent's at the end of the same round; else its own)."""
+    run = tmp_path / "exp"
+    summary = run_pbt(make_request(run, synthetic_data, tiny_model_yaml, epochs=4,
+                                   generations=4, pbt_async=True))
+    assert summary.complete and summary.rows == 12
+    entries = sidecar(run)
+    cells = sorted(e["trial_id"].split("-", 1)[1] for e in entries)
+    assert cells == sorted(f"m{m}-r{r}" for m in range(3) for r in range(4))
+    state = json.loads((run / STATE_NAME).read_text())
+    assert state["synchronous"] is False and state["round"] == 3
+    results = results_by_trial(run)
+    by_row = {e["row"]: e for e in entries}
+    for e in entries:
+        if e["generation"] == 0:
+            assert not e["parent_rows"]
+            continue
+        parent = by_row[e["parent_rows"][0]]
+        assert parent["generation"] == e["generation"] - 1
+        assert e["cloned"] == (parent["trial_id"].split("-m")[1].split("-")[0] !=
+                               e["trial_id"].split("-m")[1].split("-")[0])
+        child_id, parent_id = e["trial_id"].split("-m")[0], parent["trial_id"].split("-m")[0]
+        parent_end = [r for r in results[parent_id] if r["epoch"] == e["generation"]][-1]
+        child_start = [r for r in results[child_id] if r["epoch"] == e["generation"] + 1][-1]
+        assert child_start["start_crc"] == parent_end["weights_crc"], e
+    assert (run / "weights" / BEST_NAME).is_file()

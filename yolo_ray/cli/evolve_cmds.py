@@ -73,6 +73,11 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--population", type=int, default=0, help="pbt: population (0 = slots)")
     e.add_argument("--interval", type=int, default=0,
                    help="pbt: epochs between perturbations (default: --epochs)")
+    e.add_argument("--pbt-async", action="store_true",
+                   help="pbt: no round barrier: a member ending a round is ranked against "
+                        "the members that ended the same round so far and trains on at once "
+                        "(at most one round ahead of the slowest); less idle GPU time with "
+                        "uneven epochs, decisions depend on timing (not repeatable)")
     r = p.add_argument_group("Ray")
     r.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions allowed (default: 1 with GPUs, else CPU slots)")
@@ -130,6 +135,7 @@ def request_from_args(a: argparse.Namespace):
         meta=_abs(a.meta), cfg=_model(a.cfg, a.weights), weights=_abs(a.weights),
         strategy=a.strategy or "pbt", epochs=a.epochs, generations=a.generations,
         population=a.population, interval=a.interval or a.epochs, parent=a.parent, seed=a.seed,
+        pbt_async=a.pbt_async,
         imgsz=a.imgsz, batch_size=a.batch_size, workers=a.workers, optimizer=a.optimizer,
         cos_lr=a.cos_lr, single_cls=a.single_cls, label_smoothing=a.label_smoothing,
         freeze=_freeze_values(a.freeze), freeze_bn_stats=a.freeze_bn_stats,

@@ -141,6 +141,10 @@ class ActorParking:
         self._controller._actor_cache.increase_max(key)
         self._parked[trial] = key
 
+    def is_parked(self, trial: Any) -> bool:
+        """Whether `trial` holds a reservation (its worker waits in, or for, the cache)."""
+        return trial in self._parked
+
     def release(self, trial: Any) -> None:
         """`trial` runs again (its cached actor is popped) or ends: drop its reservation."""
         key = self._parked.pop(trial, None)

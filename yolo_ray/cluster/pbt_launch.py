@@ -27,6 +27,7 @@ from .launch import (
     scoped_env,
 )
 from .pbt_state import (
+    LAG_ROUNDS,
     SCHEDULE_NAME,
     STATE_NAME,
     best_final_row,
@@ -41,6 +42,9 @@ from .trainable import METRIC
 LOGGER = logging.getLogger("yolo_ray")
 MIN_POPULATION = 4       # default population when the cluster has fewer slots
 NUM_TO_KEEP = 4          # > 2 (ray#9036): a parent's checkpoint must outlive its clones' starts
+# Asynchronous: a cohort parent may be LAG_ROUNDS + 1 rounds past the round a clone takes,
+# with a pause save beside each round-end save when members take turns for workers.
+NUM_TO_KEEP_ASYNC = 2 * (LAG_ROUNDS + 2)
 BEST_NAME = "best.pt"
 
 
@@ -161,7 +165,7 @@ def build_scheduler(request: EvolveRequest, plan: PBTPlan, space: SearchSpace, h
     # each round and after any member error, and the silent ones replaced (actor_parking.py).
     return GAPopulationBasedTraining(space, hyp, plan.interval, seed=request.seed, store=store,
                                      state_path=request.run_dir / STATE_NAME,
-                                     keep_workers=True,
+                                     keep_workers=True, asynchronous=request.pbt_async,
                                      probe_workers_s=0.0 if request.address is None else PROBE_S)
 
 
@@ -201,7 +205,8 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=request.experiment_name, storage_path=request.storage_path,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=NUM_TO_KEEP,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=NUM_TO_KEEP_ASYNC if request.pbt_async else NUM_TO_KEEP,
                                                     checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
             callbacks=callbacks, verbose=0 if request.verbose < 2 else 1),

@@ -28,6 +28,7 @@ class ResumableRounds:
     _next_save: float  # deferred state writes: at most one per STATE_SAVE_S
     _trial_state: dict
     _next_perturbation_sync: float
+    _synch: bool
 
     def _save_state(self) -> None:
         self._unsaved, self._next_save = False, time.monotonic() + STATE_SAVE_S
@@ -45,6 +46,10 @@ class ResumableRounds:
             raise ConfigError(f"{self._state_path}: saved with seed {state.seed} and interval "
                               f"{state.interval}, this scheduler has {self._seed} and "
                               f"{self._interval}")
+        if state.synchronous != self._synch:
+            mode = {True: "synchronous", False: "asynchronous"}
+            raise ConfigError(f"{self._state_path}: saved by {mode[state.synchronous]} PBT, "
+                              f"this scheduler is {mode[self._synch]}")
         self._state = state
         LOGGER.info(f"PBT state restored from {self._state_path}: round {state.round}")
 

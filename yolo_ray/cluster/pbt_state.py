@@ -22,6 +22,7 @@ STATE_NAME = "pbt_state.json"
 SCHEDULE_NAME = "hyp_schedule.yaml"
 CKPT_META = "meta.json"   # written by the PBT trainable into every checkpoint folder
 STATE_VERSION = 1
+LAG_ROUNDS = 1  # asynchronous PBT: a member starts round c once the slowest ended c - 1 - LAG
 _LOG = logging.getLogger("yolo_ray")
 
 
@@ -34,6 +35,7 @@ class MemberPlan:
     source: int                       # member whose end-of-previous-round weights it loads
     cloned: bool = False              # source is another member (PBT exploit)
     parent_row: int | None = None     # evolve.csv row of the source at the previous round
+    round: int | None = None          # the round it starts (asynchronous; None: PBTState.round)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class PBTState:
     `previous` how each started the round before (a fallback when the kill came before the
     last member's round-end checkpoint was written). Random draws need no saved position:
     the generator of member m at round r is always np.random.default_rng([seed, r, m]).
+    Asynchronous rounds (`synchronous` False): each plan names its own round, and `round`
+    is the slowest member's.
     """
 
     seed: int
@@ -54,6 +58,7 @@ class PBTState:
     rows: dict[str, int] = field(default_factory=dict)     # row trial id -> evolve.csv row
     perturbations: int = 0
     strategy: str = "pbt"
+    synchronous: bool = True
     version: int = STATE_VERSION
 
     def to_json(self) -> str:
@@ -77,6 +82,7 @@ class PBTState:
                        rows={str(k): int(v) for k, v in data.get("rows", {}).items()},
                        perturbations=int(data.get("perturbations", 0)),
                        strategy=str(data.get("strategy", "pbt")),
+                       synchronous=bool(data.get("synchronous", True)),
                        version=int(data.get("version", STATE_VERSION)))
         except (ValueError, KeyError, TypeError) as e:
             raise StoreError(f"{source}: not a PBT state file ({type(e).__name__}: {e})") from None

@@ -35,6 +35,7 @@ class EvolveRequest:
     generations: int = 300               # classic: rows = trials; pbt: rows to record
     population: int = 0                  # pbt population; 0 = number of concurrent slots
     interval: int = 1                    # pbt perturbation interval in epochs
+    pbt_async: bool = False              # pbt: no round barrier (cluster/pbt_async.py)
     parent: str = "single"               # YOLOv5 parent selection: single | weighted
     seed: int = 0                        # run seed: GA draws use (seed, trial index)
     imgsz: int = 640
@@ -173,6 +174,8 @@ def request_problems(r: EvolveRequest) -> list[str]:
         (r.device_policy in DEVICE_POLICIES,
          f"--device {r.device_policy!r} is not one of {', '.join(DEVICE_POLICIES)}"),
         (r.parent in ("single", "weighted"), f"--parent {r.parent!r} is not single or weighted"),
+        (not r.pbt_async or r.strategy == "pbt",
+         "--pbt-async applies to --strategy pbt only (classic trials have no rounds)"),
         (r.generations >= 1, f"--generations must be >= 1, got {r.generations}"),
         (r.epochs >= 1, f"--epochs must be >= 1, got {r.epochs}"),
         (r.population >= 0, f"--population must be >= 0, got {r.population}"),

@@ -24,6 +24,7 @@ from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
 from .controller_swap import unwrap_controller
+from .pbt_async import AsyncRounds, Cohorts
 from .pbt_hold import HeldMembers, HoldAtBarrier, save_in_flight
 from .pbt_resume import ResumableRounds
 from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
@@ -34,8 +35,9 @@ LOGGER = logging.getLogger("yolo_ray")
 MEMBER_KEY = "trial_index"  # config key: the member index; never copied from a parent
 
 
-class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedTraining):
-    """Synchronous PBT whose exploit/explore is YOLOv5's classic GA (spec §1A).
+class GAPopulationBasedTraining(AsyncRounds, HoldAtBarrier, ResumableRounds,
+                                PopulationBasedTraining):
+    """PBT whose exploit/explore is YOLOv5's classic GA (spec §1A), synchronous by default.
 
     Every `perturbation_interval` epochs all members are evaluated (one round). Members in
     the bottom quantile then load the weights of a parent drawn YOLOv5-style from the top
@@ -69,6 +71,8 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
         hold_at_barrier: members past a round's end wait on their workers instead of
             pausing, and those not cloned over train on with no restore (pbt_hold.py);
             same decisions and rows as pausing.
+        asynchronous: no round barrier: a member ending a round is ranked at once against
+            the members that ended the same round so far and trains on (pbt_async.py).
     """
 
     def __init__(self, space: SearchSpace, base_hyp: HypLike, perturbation_interval: int,
@@ -77,7 +81,8 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
                  metric: str = "fitness", mode: str = "max", time_attr: str = "epoch",
                  store: EvolutionStore | None = None, state_path: str | Path | None = None,
                  log_config: bool = True, keep_workers: bool = True,
-                 probe_workers_s: float = 0.0, hold_at_barrier: bool = True) -> None:
+                 probe_workers_s: float = 0.0, hold_at_barrier: bool = True,
+                 asynchronous: bool = False) -> None:
         if isinstance(perturbation_interval, bool) or int(perturbation_interval) != \
                 perturbation_interval or perturbation_interval < 1:
             raise ConfigError(f"PBT interval must be a whole number of epochs >= 1, "
@@ -93,12 +98,15 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
                          hyperparam_mutations=mutations,
                          custom_explore_fn=None if mutations else _unchanged,
                          quantile_fraction=quantile_fraction, resample_probability=0.0,
-                         log_config=log_config, require_attrs=True, synch=True)
+                         log_config=log_config, require_attrs=True,
+                         synch=not asynchronous)
         self._space, self._seed, self._interval = space, seed, int(perturbation_interval)
         self._mutate_initial = mutate_initial
         self._store = store
         self._state_path = Path(state_path) if state_path is not None else None
-        self._state = PBTState(seed=seed, interval=self._interval)
+        self._state = PBTState(seed=seed, interval=self._interval, synchronous=self._synch)
+        self._cohorts = Cohorts()  # asynchronous: each round's members so far
+        self._clones: set[Trial] = set()  # asynchronous: cloned, not restarted yet
         self._loaded = False
         self._unsaved = False  # members added or ended since the state file was written
         self._next_save = -math.inf  # deferred state writes (pbt_resume.STATE_SAVE_S)
@@ -175,8 +183,16 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             LOGGER.error(f"evolve: {e}; stopping (everything written before is intact)")
             self.store_error = self.store_error or e
             return self.STOP
-        before = self._next_perturbation_sync
         boundary = self._at_barrier(trial, result)
+        if not self._synch:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if boundary:
+                decision = self._async_decision(tune_controller, trial, decision)
+                self._release_ahead(tune_controller)  # the slowest may have caught up
+            if decision not in (self.PAUSE, self.NOOP):
+                self._parking.release(trial)
+            return decision
+        before = self._next_perturbation_sync
         holds = boundary and self._held.enabled and not self._slot_wanted(tune_controller,
                                                                           trial)
         if boundary and not holds:  # it will pause: keep its worker for next round
@@ -205,11 +221,13 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             if not any(t is not trial for t in tune_controller.get_live_trials()):
                 self._save_state()  # the last member: the file ends complete
         self._parking.release(trial)
+        self._clones.discard(trial)
         self._held.forget(trial, drop_save=True)
         super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
+        self._clones.discard(trial)
         self._held.forget(trial)  # retried from its last checkpoint; its save stays for clones
         self._member_failed = True  # retried, or failed for good: known at the next step
         # Perhaps its node was lost: kept workers there must not go to its retry (Tune ends a
@@ -219,6 +237,7 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
+        self._clones.discard(trial)
         self._held.forget(trial, drop_save=True)
         super().on_trial_remove(tune_controller, trial)
 
@@ -229,7 +248,10 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             self._save_state()
         if self._resume_pending:
             self._resume_pending = False
-            self._apply_saved_round(tune_controller)
+            if self._synch:
+                self._apply_saved_round(tune_controller)
+            else:
+                self._apply_saved_plans(tune_controller)
         self._parking.evict_lost()  # before Tune hands cached actors out
         if self._probe_pending:
             self._probe_pending = False
@@ -240,6 +262,8 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             # failure of a trial it already requeued).
             self._member_failed, self._next_barrier_check = False, now + 1.0
             self._end_round_without_failed(tune_controller)
+        if not self._synch:
+            self._release_ahead(tune_controller)
         trial = self._next_member(tune_controller)
         if trial is None:
             return None
@@ -247,16 +271,18 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
             self._hand_over_idle(tune_controller)
             return None  # wait for a kept worker instead of starting a process
         self._parking.release(trial)  # it runs again, on its parked actor if still cached
+        self._clones.discard(trial)
         return trial
 
     def _next_member(self, tune_controller: Any) -> Trial | None:
-        """The waiting member least trained (within the round when synchronous), slowest
-        last epoch first, leaving out members whose own new worker is starting: they start
-        on it."""
+        """The waiting member least trained (within the round when synchronous, within the
+        lag bound when not), slowest last epoch first, leaving out members whose own new
+        worker is starting: they start on it."""
+        slowest = None if self._synch else self._slowest(tune_controller)
         waiting = [t for t in tune_controller.get_trials()
                    if t.status in (Trial.PENDING, Trial.PAUSED) and not
-                   (self._synch and self._trial_state[t].last_train_time >=
-                    self._next_perturbation_sync)]
+                   (self._trial_state[t].last_train_time >= self._next_perturbation_sync
+                    if slowest is None else self._ahead(t, slowest))]
         waiting.sort(key=self._start_order)
         return next((t for t in waiting if not own_worker_starting(tune_controller, t)), None)
 
@@ -273,6 +299,8 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
     # ------------------------------------------------------------------ exploit / explore
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any,
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        if not self._synch:  # ranked in its round's cohort, not the population now
+            return self._async_rank(trial, tune_controller)
         if trial in upper_quantile and self._held.waits(trial):
             # Held past its round's end: clones take its round-end save (Ray would order a
             # new save of a RUNNING member).
@@ -359,9 +387,10 @@ class GAPopulationBasedTraining(HoldAtBarrier, ResumableRounds, PopulationBasedT
         score = float(result[self._metric])
         if self._store is not None and all(k in result for k in RESULT_KEYS):
             plan = self._state.members.get(member)
+            planned = self._state.round if plan is None or plan.round is None else plan.round
             record = member_record(trial.trial_id, trial.config, self.genes, member,
                                    round_index, result, seed=trial_seed(self._seed, member),
-                                   plan=plan if round_index == self._state.round else None)
+                                   plan=plan if round_index == planned else None)
             row = record_round(self._store, self._state, record)
             if row is not None:
                 # The csv keeps 5 significant digits; ranking by it makes a resumed run
