@@ -19,7 +19,7 @@ Measured from the trials' own timestamps and the driver process:
              own restart of every member per round; `--start-baseline` also runs without
              our guard against handing a kept worker to a trial whose own one is starting;
              `--hold-baseline` also runs with members paused at every round's end instead of
-             held on their workers)
+             held on their workers; `--async-pbt` also runs asynchronous rounds)
     waits    PBT: a member's mean time between its rounds, before / after the round's last end
 
     python bench/scale.py                                   # both, default sizes
@@ -30,6 +30,8 @@ Measured from the trials' own timestamps and the driver process:
         --start-baseline
     python bench/scale.py --only pbt --slots 32 --members 32 --rounds 6 --sleep 20 \
         --spread 0.02 --hold-baseline
+    python bench/scale.py --only pbt --slots 32 --members 32 --rounds 10 --sleep 10 \
+        --spread 0.02 --async-pbt
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "own behaviour (a new worker per member per round) for comparison")
     p.add_argument("--hold-baseline", action="store_true", help="pbt: also run with members "
                    "pausing at every round's end (not held on their workers) for comparison")
+    p.add_argument("--async-pbt", action="store_true", help="pbt: also run with asynchronous "
+                   "rounds (--pbt-async: no round barrier) for comparison")
     p.add_argument("--start-baseline", action="store_true", help="also run each strategy "
                    "without the worker_starts guard (Tune hands a kept worker to a trial "
                    "whose own worker is starting, killing that process)")
@@ -359,9 +363,11 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
-            hold: bool = True, slowest_first: bool = True) -> dict[str, Any]:
+            hold: bool = True, slowest_first: bool = True,
+            asynchronous: bool = False) -> dict[str, Any]:
     """PBT with our scheduler; keep_workers=False measures Ray's own restart per round,
-    hold=False members pausing at every round's end, slowest_first=False Ray's start order."""
+    hold=False members pausing at every round's end, slowest_first=False Ray's start order,
+    asynchronous=True rounds with no barrier (--pbt-async)."""
     from unittest import mock
 
     from yolo_ray.cluster.actor_parking import ActorParking
@@ -380,10 +386,10 @@ def run_pbt(args: argparse.Namespace, root: Path, keep_workers: bool = True,
     with mock.patch.object(ActorParking, "park", park), \
             mock.patch.object(HeldMembers, "__init__", held_init), \
             mock.patch.object(GA, "_start_order", order):
-        return _run_pbt(args, root)
+        return _run_pbt(args, root, asynchronous)
 
 
-def _run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def _run_pbt(args: argparse.Namespace, root: Path, asynchronous: bool) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -391,7 +397,7 @@ def _run_pbt(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from yolo_ray.cluster.pbt_launch import build_pbt_tuner, open_run, plan_pbt
 
     request = make_request(root, args, "pbt", generations=args.rounds, epochs=args.rounds,
-                           population=args.members, interval=1)
+                           population=args.members, interval=1, pbt_async=asynchronous)
     request = resolve_resources(request, ray.cluster_resources())
     plan = plan_pbt(request, request.max_concurrent)
     store = open_run(request, plan)
@@ -541,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(("pbt, no start guard", run_pbt, False))
             if args.order_baseline:
                 runs.append(("pbt, Ray's start order", partial(run_pbt, slowest_first=False),
+                             True))
+            if args.async_pbt:
+                runs.append(("pbt, asynchronous rounds", partial(run_pbt, asynchronous=True),
                              True))
             if args.hold_baseline:
                 runs.append(("pbt, members paused at round ends", partial(run_pbt, hold=False),
