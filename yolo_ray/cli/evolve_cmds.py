@@ -76,8 +76,9 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--pbt-async", action="store_true",
                    help="pbt: no round barrier: a member ending a round is ranked against "
                         "the members that ended the same round so far and trains on at once "
-                        "(at most one round ahead of the slowest); less idle GPU time with "
-                        "uneven epochs, decisions depend on timing (not repeatable)")
+                        "(at most one round ahead of the slowest); one member per slot; "
+                        "less idle GPU time with uneven epochs, decisions depend on timing "
+                        "(not repeatable)")
     r = p.add_argument_group("Ray")
     r.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions allowed (default: 1 with GPUs, else CPU slots)")

@@ -90,7 +90,8 @@ def plan_pbt(request: EvolveRequest, slots: int) -> PBTPlan:
     if k > request.epochs:
         raise ConfigError(f"--interval {k} is larger than --epochs {request.epochs}: members "
                           "would never be compared; use an interval <= epochs")
-    population = request.population or max(MIN_POPULATION, int(slots))
+    population = request.population or max(2 if request.pbt_async else MIN_POPULATION,
+                                            int(slots))
     if population < 2:
         raise ConfigError(f"--population {population}: PBT needs at least 2 members "
                           "(one to copy from, one to replace)")
@@ -98,6 +99,20 @@ def plan_pbt(request: EvolveRequest, slots: int) -> PBTPlan:
         raise ConfigError("--evolve-freeze/--evolve-prune need --strategy classic: a PBT member "
                           "keeps one model for its whole training (freeze/prune apply to all)")
     return PBTPlan(population, request.generations, k)
+
+
+def check_async_slots(plan: PBTPlan, slots: int) -> None:
+    """--pbt-async runs one member per slot.
+
+    Raises:
+        ConfigError: more members than concurrent slots. Members taking turns for workers
+            with no round barrier stalled in the 64-members-on-32-slots benchmark (not yet
+            understood); a synchronous run, or a population of at most the slots, works.
+    """
+    if plan.population > slots:
+        raise ConfigError(f"--pbt-async: population {plan.population} is larger than the "
+                          f"{slots} concurrent slot(s); asynchronous rounds need one slot per "
+                          "member: lower --population or drop --pbt-async")
 
 
 def member_settings(request: EvolveRequest, plan: PBTPlan) -> TrainSettings:
@@ -315,6 +330,8 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
     try:
         resolved = resolve_resources(request, ray.cluster_resources())
         plan = plan_pbt(resolved, resolved.max_concurrent)
+        if resolved.pbt_async:
+            check_async_slots(plan, resolved.max_concurrent)
         store = open_run(resolved, plan)
         from . import faults
 
