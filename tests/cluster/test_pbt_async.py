@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,27 +11,23 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from yolo_ray.cluster.pbt_async import LAG_ROUNDS
-from yolo_ray.cluster.pbt_state import CKPT_META, STATE_NAME, PBTState
+from yolo_ray.cluster.pbt_state import STATE_NAME, PBTState
 from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
-from yolo_ray.config.load import load_hyp
 from yolo_ray.errors import ConfigError
 from yolo_ray.evolve.pbt_genes import explore, member_rng
-from yolo_ray.evolve.space import load_search_space
 from yolo_ray.evolve.store import EvolutionStore
 
-from .tune_fakes import K, FakeController, FakeTrial, add_population, make_scheduler, result
+from .tune_fakes import (
+    K,
+    FakeController,
+    FakeTrial,
+    add_population,
+    make_scheduler,
+    result,
+    write_checkpoint,
+)
 
 CONTINUE, PAUSE, NOOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.NOOP
-
-
-@pytest.fixture
-def space():
-    return load_search_space().without("anchors")
-
-
-@pytest.fixture
-def hyp():
-    return load_hyp(None)
 
 
 def async_population(space, hyp, tmp_path, n, **kw):
@@ -160,12 +153,6 @@ def test_with_more_members_than_workers_members_take_turns(space, hyp, tmp_path)
         t.status = Trial.PENDING  # two slots: members 2 and 3 wait for a worker
     assert end_round(sched, controller, trials[0], 0.5) == PAUSE  # hands its worker over
     assert sched.choose_trial_to_run(controller) in trials[2:]
-
-
-def write_checkpoint(trial: FakeTrial, index: int, member: int, epoch: int) -> None:
-    folder = Path(trial.storage.trial_fs_path) / f"checkpoint_{index:06d}"
-    folder.mkdir(parents=True)
-    (folder / CKPT_META).write_text(json.dumps({"member": member, "epoch": epoch}))
 
 
 def test_resume_restarts_each_member_at_its_own_round(space, hyp, tmp_path):

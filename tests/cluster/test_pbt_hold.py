@@ -16,24 +16,12 @@ from ray.tune.schedulers import TrialScheduler
 
 from yolo_ray.cluster.pbt_hold import HeldMembers
 from yolo_ray.cluster.pbt_state import STATE_NAME
-from yolo_ray.config.load import load_hyp
-from yolo_ray.evolve.space import load_search_space
 from yolo_ray.evolve.store import EvolutionStore
 
 from .member_trainables import fit_population, one_epoch_rounds, quality_member
 from .tune_fakes import K, add_population, make_scheduler, result, run_round
 
 CONTINUE, NOOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.NOOP, TrialScheduler.PAUSE
-
-
-@pytest.fixture
-def space():
-    return load_search_space().without("anchors")
-
-
-@pytest.fixture
-def hyp():
-    return load_hyp(None)
 
 
 # ----------------------------------------------------------------------------- the record

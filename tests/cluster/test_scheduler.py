@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from yolo_ray.cluster.pbt_state import (
-    CKPT_META,
     STATE_NAME,
     PBTState,
     check_resumable,
@@ -25,7 +23,7 @@ from yolo_ray.cluster.pbt_state import (
 from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
 from yolo_ray.config.load import load_hyp
 from yolo_ray.errors import ConfigError
-from yolo_ray.evolve.space import Gene, SearchSpace, load_search_space
+from yolo_ray.evolve.space import Gene, load_search_space
 from yolo_ray.evolve.store import EvolutionStore
 from yolo_ray.train.results import RESULT_KEYS
 
@@ -38,17 +36,8 @@ from .tune_fakes import (
     make_scheduler,
     result,
     run_round,
+    write_checkpoint,
 )
-
-
-@pytest.fixture
-def space() -> SearchSpace:
-    return load_search_space().without("anchors")
-
-
-@pytest.fixture
-def hyp():
-    return load_hyp(None)
 
 
 def genes_of(trial: FakeTrial, sched: GAPopulationBasedTraining) -> dict[str, float]:
@@ -230,12 +219,6 @@ def test_quantile_ties_are_broken_by_member_index(space, hyp, tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume
-def write_checkpoint(trial: FakeTrial, index: int, member: int, epoch: int) -> None:
-    folder = Path(trial.storage.trial_fs_path) / f"checkpoint_{index:06d}"
-    folder.mkdir(parents=True)
-    (folder / CKPT_META).write_text(json.dumps({"member": member, "epoch": epoch}))
-
-
 def test_resume_applies_the_saved_round(space, hyp, tmp_path):
     state_path = tmp_path / STATE_NAME
     store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))

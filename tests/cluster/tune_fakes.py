@@ -6,6 +6,7 @@ and state file run against them, with no Ray workers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from yolo_ray.cluster.pbt_state import CKPT_META
 from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
 from yolo_ray.evolve.space import SearchSpace
 from yolo_ray.train.results import RESULT_KEYS
@@ -99,6 +101,13 @@ class FakeController:
             self._cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP
         self.paused.append(trial.trial_id)
         trial.status = Trial.PAUSED
+
+
+def write_checkpoint(trial: FakeTrial, index: int, member: int, epoch: int) -> None:
+    """A checkpoint folder in `trial`'s storage, as found on resume (meta.json only)."""
+    folder = Path(trial.storage.trial_fs_path) / f"checkpoint_{index:06d}"
+    folder.mkdir(parents=True)
+    (folder / CKPT_META).write_text(json.dumps({"member": member, "epoch": epoch}))
 
 
 def result(epoch: int, fit: float) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.pbt import _make_experiment_tag
 
 from ..errors import ConfigError
-from ..evolve.pbt_genes import explore, member_rng, pick_parent
+from ..evolve.pbt_genes import explore, member_rng, pick_parent, split_quantiles
 from .controller_swap import unwrap_controller
-from .pbt_hold import save_in_flight
+from .pbt_hold import drop_cached_stop, save_in_flight
 from .pbt_state import LAG_ROUNDS, MemberPlan, find_checkpoint, row_trial_id
 
 LOGGER = logging.getLogger("yolo_ray")
@@ -76,14 +76,11 @@ class Cohorts:
         self.rounds.setdefault(round_index, {})[member] = entry
 
     def quantiles(self, round_index: int, fraction: float) -> tuple[list[int], list[int]]:
-        """The bottom and top members of the cohort, ceil(n·q) each and at most n/2 (Ray's
-        sizes), ties broken by member index as in the synchronous ranking."""
+        """The bottom and top members of the cohort (Ray's sizes), ties broken by member
+        index as in the synchronous ranking."""
         cohort = self.rounds.get(round_index, {})
         ranked = sorted(cohort, key=lambda m: (_finite(cohort[m].score), -m))
-        if len(ranked) <= 1:
-            return [], []
-        n = min(math.ceil(len(ranked) * fraction), len(ranked) // 2)
-        return ranked[:n], ranked[len(ranked) - n:]
+        return split_quantiles(ranked, fraction)
 
     def drop_before(self, round_index: int) -> None:
         """Forget rounds no live member can still end (their saves are no longer needed)."""
@@ -176,10 +173,7 @@ class AsyncRounds:
         self._parking.park(tune_controller, trial)  # type: ignore[attr-defined]
         tune_controller.pause_trial(trial, should_checkpoint=False)
         self._clones.add(trial)  # restarts on the worker it leaves (a parked one)
-        # Its own round-end save is in flight: Tune caches a STOP for after it and would
-        # apply it at the member's next save after its restart (as in pbt_hold).
-        getattr(unwrap_controller(tune_controller), "_cached_trial_decisions",
-                {}).pop(trial.trial_id, None)
+        drop_cached_stop(tune_controller, trial)  # its own round-end save is in flight
         self._held.forget(trial)  # type: ignore[attr-defined]
         trial.set_experiment_tag(_make_experiment_tag(
             self._trial_state[trial].orig_tag, config, self._hyperparam_mutations))  # type: ignore[attr-defined]
@@ -204,15 +198,16 @@ class AsyncRounds:
         self._unsaved = True  # written at most every STATE_SAVE_S (pbt_resume)
 
     def _async_decision(self, tune_controller: Any, trial: Trial, decision: str) -> str:
-        """After a round end: train on, wait on the worker (lag bound) or hand it over."""
+        """After a round end: train on, wait on the worker (lag bound) or hand it over;
+        members waiting for the slowest go on if it has caught up."""
+        slowest = self._slowest(tune_controller)
+        self._release_ahead(tune_controller, slowest)
         if trial.status != Trial.RUNNING:
             return decision  # cloned: paused to restore its parent's checkpoint
-        slowest = self._slowest(tune_controller)
-        wanted = self._async_slot_wanted(tune_controller, trial, slowest)
-        if wanted or self._ahead(trial, slowest):
-            if wanted:
-                self._parking.park(tune_controller, trial)  # type: ignore[attr-defined]
-                return self.PAUSE  # type: ignore[attr-defined]
+        if self._async_slot_wanted(tune_controller, trial, slowest):
+            self._parking.park(tune_controller, trial)  # type: ignore[attr-defined]
+            return self.PAUSE  # type: ignore[attr-defined]
+        if self._ahead(trial, slowest):
             self._held.hold(trial, None)  # type: ignore[attr-defined]
             return self.NOOP  # type: ignore[attr-defined]  # idle on its worker
         return self.CONTINUE  # type: ignore[attr-defined]
@@ -237,11 +232,12 @@ class AsyncRounds:
                 unparked += 1
         return unparked > max(0, parking.cached_workers() - parked)
 
-    def _release_ahead(self, tune_controller: Any) -> None:
+    def _release_ahead(self, tune_controller: Any, slowest: int | None = None) -> None:
         """Members waiting on their workers for the slowest one go on once it caught up."""
         if not self._held.held:  # type: ignore[attr-defined]
             return
-        slowest = self._slowest(tune_controller)
+        if slowest is None:
+            slowest = self._slowest(tune_controller)
         controller = unwrap_controller(tune_controller)
         for t in list(self._held.held):  # type: ignore[attr-defined]
             if t.status == Trial.RUNNING and not self._ahead(t, slowest):
@@ -258,11 +254,7 @@ class AsyncRounds:
             if trial.is_finished():
                 continue
             plan, found = self._member_restart(member, trials)
-            trial.set_config({**trial.config, **plan.config})
-            trial.run_metadata.checkpoint_manager._latest_checkpoint_result = found
-            state = self._trial_state[trial]
-            state.last_perturbation_time = state.last_train_time = (plan.round or 0) * k
-            state.last_score = None
+            self._restart_member(trial, plan.config, found, (plan.round or 0) * k)  # type: ignore[attr-defined]
             st.members[member] = plan
         st.round = min((p.round or 0 for p in st.members.values()), default=0)
         LOGGER.info("PBT (asynchronous) resumes each member at its own round: "

@@ -37,6 +37,13 @@ def save_in_flight(trial: Any) -> _FutureTrainingResult | None:
     return saving if isinstance(saving, _FutureTrainingResult) else None
 
 
+def drop_cached_stop(tune_controller: Any, trial: Any) -> None:
+    """Forget the STOP Tune queued for `trial`, paused while its save was in flight: Tune
+    would apply it at the next save it processes, the member's own after its restart."""
+    getattr(unwrap_controller(tune_controller), "_cached_trial_decisions",
+            {}).pop(trial.trial_id, None)
+
+
 class HeldMembers:
     """One round's members that went past its end without pausing, and their saves."""
 

@@ -222,7 +222,7 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
             name=request.experiment_name, storage_path=request.storage_path,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=NUM_TO_KEEP_ASYNC if request.pbt_async else NUM_TO_KEEP,
-                                                    checkpoint_at_end=True),
+                checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
             callbacks=callbacks, verbose=0 if request.verbose < 2 else 1),
     )

@@ -53,6 +53,16 @@ class ResumableRounds:
         self._state = state
         LOGGER.info(f"PBT state restored from {self._state_path}: round {state.round}")
 
+    def _restart_member(self, trial: Any, genes: dict[str, float], checkpoint: Any,
+                        epoch: int) -> None:
+        """After Tuner.restore: `trial` restarts at `epoch` with the saved genes from the
+        saved checkpoint (None: from scratch), unranked until it reports again."""
+        trial.set_config({**trial.config, **genes})
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = checkpoint
+        state = self._trial_state[trial]
+        state.last_perturbation_time = state.last_train_time = epoch
+        state.last_score = None
+
     def _apply_saved_round(self, tune_controller: Any) -> None:
         """After Tuner.restore: every unfinished member restarts the saved round's start.
 
@@ -68,11 +78,7 @@ class ResumableRounds:
                                                  self._state_path)
         start = round_index * self._interval
         for member, trial in live.items():
-            trial.set_config({**trial.config, **plans[member].config})
-            trial.run_metadata.checkpoint_manager._latest_checkpoint_result = found[member]
-            state = self._trial_state[trial]
-            state.last_perturbation_time = state.last_train_time = start
-            state.last_score = None
+            self._restart_member(trial, plans[member].config, found[member], start)
         if plans is self._state.previous:
             self._state.members = self._state.previous
         self._state.round = round_index

@@ -17,15 +17,20 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 from ..errors import ConfigError, StoreError
 from ..evolve.ga import GeneticAlgorithm, trial_seed
-from ..evolve.pbt_genes import explore, initial_genes, member_rng, pick_parent
+from ..evolve.pbt_genes import (
+    explore,
+    initial_genes,
+    member_rng,
+    pick_parent,
+    split_quantiles,
+)
 from ..evolve.space import HypLike, SearchSpace
 from ..evolve.store import EvolutionStore
 from ..train.results import RESULT_KEYS
 from . import faults
 from .actor_parking import ActorParking
-from .controller_swap import unwrap_controller
 from .pbt_async import AsyncRounds, Cohorts
-from .pbt_hold import HeldMembers, HoldAtBarrier, save_in_flight
+from .pbt_hold import HeldMembers, HoldAtBarrier, drop_cached_stop, save_in_flight
 from .pbt_resume import ResumableRounds
 from .pbt_state import MemberPlan, PBTState, member_record, record_round, row_trial_id
 from .tune_failures import count_each_failure_once
@@ -188,7 +193,6 @@ class GAPopulationBasedTraining(AsyncRounds, HoldAtBarrier, ResumableRounds,
             decision = super().on_trial_result(tune_controller, trial, result)
             if boundary:
                 decision = self._async_decision(tune_controller, trial, decision)
-                self._release_ahead(tune_controller)  # the slowest may have caught up
             if decision not in (self.PAUSE, self.NOOP):
                 self._parking.release(trial)
             return decision
@@ -354,10 +358,7 @@ class GAPopulationBasedTraining(AsyncRounds, HoldAtBarrier, ResumableRounds,
         super()._exploit(tune_controller, trial, trial_to_clone)
         self._held.forget(trial)  # cloned over
         if running:
-            # Tune queues a STOP for a trial stopped while saving, and would apply it at
-            # the next save it processes: the member's, after it restarts.
-            getattr(unwrap_controller(tune_controller), "_cached_trial_decisions",
-                    {}).pop(trial.trial_id, None)
+            drop_cached_stop(tune_controller, trial)
         self._sources[self._member(trial)] = self._member(trial_to_clone)
 
     def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
@@ -367,11 +368,7 @@ class GAPopulationBasedTraining(AsyncRounds, HoldAtBarrier, ResumableRounds,
                   if s.last_score is not None and not math.isnan(s.last_score)
                   and not t.is_finished()]
         trials.sort(key=lambda t: (self._trial_state[t].last_score, -self._member(t)))
-        if len(trials) <= 1:
-            return [], []
-        n = math.ceil(len(trials) * self._quantile_fraction)
-        n = min(n, len(trials) // 2)
-        return trials[:n], trials[len(trials) - n:]
+        return split_quantiles(trials, self._quantile_fraction)
 
     # ------------------------------------------------------------------ rows and rounds
     def _record_row(self, trial: Trial, result: dict) -> dict:

@@ -7,13 +7,27 @@ by (run seed, round, member), so a resumed or re-run population decides identica
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from .ga import GeneticAlgorithm
 from .operators import clip_to_space, mutate, select_parent, top_parents
 from .space import SearchSpace
+
+
+T = TypeVar("T")
+
+
+def split_quantiles(ranked: Sequence[T], fraction: float) -> tuple[list[T], list[T]]:
+    """The bottom and top of `ranked` (worst first): ceil(n·q) each, at most n/2 (Ray's
+    PBT sizes); both empty with fewer than 2."""
+    if len(ranked) <= 1:
+        return [], []
+    n = min(math.ceil(len(ranked) * fraction), len(ranked) // 2)
+    return list(ranked[:n]), list(ranked[len(ranked) - n:])
 
 
 def member_rng(seed: int, round_index: int, member: int) -> np.random.Generator:
