@@ -155,6 +155,35 @@ def test_with_more_members_than_workers_members_take_turns(space, hyp, tmp_path)
     assert sched.choose_trial_to_run(controller) in trials[2:]
 
 
+def test_a_member_ahead_hands_its_worker_over_each_time_one_waits(space, hyp, tmp_path):
+    """More members than slots: a member waiting ahead of the slowest hands its worker to a
+    member that may train, again after it restarted and ran ahead once more (the first
+    hand-over was never cleared without a barrier, blocking every later one: with 8 members
+    on 4 slots every worker ended up held by a member ahead and the run stalled)."""
+    sched, controller, trials = async_population(space, hyp, tmp_path, 4)
+    m0, m1, m2, m3 = trials
+    sched._parking.can_start = lambda trial: False  # every slot busy, no kept worker free
+    assert end_round(sched, controller, m0, 0.5) == CONTINUE
+    assert end_round(sched, controller, m0, 0.9) == NOOP   # two rounds ahead: waits
+    m3.status = Trial.PENDING                               # m3 lost its worker: waits
+    assert sched.choose_trial_to_run(controller) is None
+    assert m0.status == Trial.PAUSED and controller.paused == [m0.trial_id]  # handed over
+
+    m3.status = Trial.RUNNING                               # on m0's worker
+    for trial, fit in ((m3, 0.6), (m1, 0.7), (m2, 0.8)):   # best so far: nobody clones
+        end_round(sched, controller, trial, fit)
+        trial.status = Trial.RUNNING
+    sched._parking.can_start = lambda trial: True
+    assert sched.choose_trial_to_run(controller) is m0      # caught up with: restarts
+    m0.status = Trial.RUNNING
+
+    sched._parking.can_start = lambda trial: False
+    assert end_round(sched, controller, m0, 0.95) == NOOP  # ahead again: waits
+    m1.status = Trial.PENDING
+    assert sched.choose_trial_to_run(controller) is None
+    assert m0.status == Trial.PAUSED and controller.paused == [m0.trial_id] * 2
+
+
 def test_resume_restarts_each_member_at_its_own_round(space, hyp, tmp_path):
     state_path = tmp_path / STATE_NAME
     first, controller, trials = async_population(space, hyp, tmp_path, 4,
@@ -234,3 +263,35 @@ def test_members_run_ahead_of_a_slow_one_by_at_most_one_round(tmp_path):
     for m in range(3):
         for e in range(3, epochs + 1):  # round e-1 starts once member 3 ended round e-3
             assert times[m][e] > slow[e - 2], (m, e)
+
+
+@pytest.mark.ray
+def test_more_members_than_slots_take_turns_to_the_end(tmp_path):
+    """8 members on 4 slots with speeds of their own (0.8x to 1.2x): members run ahead,
+    wait and hand their workers over, and the run ends with every member having trained
+    every epoch once (with the hand-over blocked, all 4 workers were soon held by members
+    ahead of the slowest and the run stalled until Tune's time budget)."""
+    import os
+    import time
+
+    from .member_trainables import fit_population, one_epoch_rounds, quality_member
+
+    epochs, members, slots = 6, 8, 4
+
+    def train_epoch(self) -> dict:
+        time.sleep(0.5 * (0.8 + 0.4 * self.member / (members - 1)))
+        self.epoch += 1
+        self.quality += self.lr
+        return {"epoch": self.epoch, "fitness": self.quality, "done": self.epoch >= epochs,
+                "pid": os.getpid()}
+
+    grid = fit_population(quality_member(train_epoch), members,
+                          one_epoch_rounds(asynchronous=True), tmp_path / "ray", slots=slots,
+                          time_budget_s=60)
+    assert all(grid[i].error is None for i in range(len(grid)))
+    pids = set()
+    for r in grid:
+        frame = r.metrics_dataframe
+        assert list(frame["epoch"]) == list(range(1, epochs + 1)), r.config[MEMBER_KEY]
+        pids.update(frame["pid"])
+    assert len(pids) == slots  # workers kept: one process per slot for the whole run

@@ -70,13 +70,14 @@ def _evolve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--seed-csv", default=None, help="seed the population from a YOLOv5 evolve.csv")
     e.add_argument("--early-stop", default="none", choices=("none", "asha"),
                    help="asha: stop hopeless trials early (validates every epoch)")
-    e.add_argument("--population", type=int, default=0, help="pbt: population (0 = slots)")
+    e.add_argument("--population", type=int, default=0,
+                   help="pbt: population (0 = the concurrent slots, at least 4)")
     e.add_argument("--interval", type=int, default=0,
                    help="pbt: epochs between perturbations (default: --epochs)")
     e.add_argument("--pbt-async", action="store_true",
                    help="pbt: no round barrier: a member ending a round is ranked against "
                         "the members that ended the same round so far and trains on at once "
-                        "(at most one round ahead of the slowest); one member per slot; "
+                        "(at most one round ahead of the slowest); "
                         "less idle GPU time with uneven epochs, decisions depend on timing "
                         "(not repeatable)")
     r = p.add_argument_group("Ray")

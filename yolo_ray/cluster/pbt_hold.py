@@ -58,6 +58,13 @@ class HeldMembers:
         """`trial` waits for the barrier on its worker; `save` holds its round-end weights."""
         self.saves[trial] = save
         self.held[trial] = None
+        self.handed_over.discard(trial)  # asynchronous: held again after an earlier hand-over
+
+    def restarted(self, trial: Any) -> None:
+        """`trial` trains again: a hand-over of its worker is no longer under way. (With
+        asynchronous rounds there is no barrier to clear this: a member handed over, restarted
+        and RUNNING looked like a pause still under way and blocked every later hand-over.)"""
+        self.handed_over.discard(trial)
 
     def waits(self, trial: Any) -> bool:
         """Whether `trial` went past this round's end without pausing: it is at the barrier."""

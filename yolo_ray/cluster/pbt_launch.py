@@ -90,8 +90,7 @@ def plan_pbt(request: EvolveRequest, slots: int) -> PBTPlan:
     if k > request.epochs:
         raise ConfigError(f"--interval {k} is larger than --epochs {request.epochs}: members "
                           "would never be compared; use an interval <= epochs")
-    population = request.population or max(2 if request.pbt_async else MIN_POPULATION,
-                                            int(slots))
+    population = request.population or max(MIN_POPULATION, int(slots))
     if population < 2:
         raise ConfigError(f"--population {population}: PBT needs at least 2 members "
                           "(one to copy from, one to replace)")
@@ -99,20 +98,6 @@ def plan_pbt(request: EvolveRequest, slots: int) -> PBTPlan:
         raise ConfigError("--evolve-freeze/--evolve-prune need --strategy classic: a PBT member "
                           "keeps one model for its whole training (freeze/prune apply to all)")
     return PBTPlan(population, request.generations, k)
-
-
-def check_async_slots(plan: PBTPlan, slots: int) -> None:
-    """--pbt-async runs one member per slot.
-
-    Raises:
-        ConfigError: more members than concurrent slots. Members taking turns for workers
-            with no round barrier stalled in the 64-members-on-32-slots benchmark (not yet
-            understood); a synchronous run, or a population of at most the slots, works.
-    """
-    if plan.population > slots:
-        raise ConfigError(f"--pbt-async: population {plan.population} is larger than the "
-                          f"{slots} concurrent slot(s); asynchronous rounds need one slot per "
-                          "member: lower --population or drop --pbt-async")
 
 
 def member_settings(request: EvolveRequest, plan: PBTPlan) -> TrainSettings:
@@ -191,11 +176,11 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
     `trainable` replaces PBTTrainable (bench/scale.py's sleeping stand-in); None trains.
     """
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .pbt_trainable import DEVICE_POLICY_KEY, INTERVAL_KEY, SETTINGS_KEY
     from .progress import ProgressCallback
     from .scheduler import MEMBER_KEY
+    from .tune_logs import trial_loggers
     from .tuner import trial_dirname, trial_name
 
     trainable = build_trainable(request) if trainable is None else trainable
@@ -206,7 +191,7 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
                                       resume_unfinished=True, resume_errored=True)
         _restart_if_nothing_ran(request, store)
     scheduler = build_scheduler(request, plan, build_space(request), base_hyp(request), store)
-    callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(),
+    callbacks: list[Any] = [*trial_loggers(),
                             ProgressCallback(store, plan.rows, request.max_concurrent)]
     if request.tensorboard:
         callbacks.append(MemberTensorBoard(request.tb_dir, store))
@@ -330,8 +315,6 @@ def run_pbt(request: EvolveRequest) -> EvolveSummary:
     try:
         resolved = resolve_resources(request, ray.cluster_resources())
         plan = plan_pbt(resolved, resolved.max_concurrent)
-        if resolved.pbt_async:
-            check_async_slots(plan, resolved.max_concurrent)
         store = open_run(resolved, plan)
         from . import faults
 

@@ -276,6 +276,7 @@ class GAPopulationBasedTraining(AsyncRounds, HoldAtBarrier, ResumableRounds,
             return None  # wait for a kept worker instead of starting a process
         self._parking.release(trial)  # it runs again, on its parked actor if still cached
         self._clones.discard(trial)
+        self._held.restarted(trial)
         return trial
 
     def _next_member(self, tune_controller: Any) -> Trial | None:
