@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from yolo_ray.cluster.scheduler import MEMBER_KEY, GAPopulationBasedTraining
+from yolo_ray.cluster.tune_logs import trial_loggers
 from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.space import load_search_space
 
@@ -99,6 +100,7 @@ def fit_population(trainable: Any, members: int, scheduler: Any, storage: Path, 
             tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
                                         time_budget_s=time_budget_s),
             run_config=tune.RunConfig(storage_path=str(storage), verbose=0,
+                                      callbacks=trial_loggers(),  # as our runs log
                                       failure_config=tune.FailureConfig(
                                           max_failures=max_failures)),
         ).fit()

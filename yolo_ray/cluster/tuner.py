@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
@@ -25,6 +24,7 @@ from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
 from .searcher import EvolveSearcher
 from .tune_failures import CountFailuresOnce
+from .tune_logs import trial_loggers
 from .trainable import (
     METRIC,
     MODE,
@@ -129,8 +129,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
     searcher = EvolveSearcher(prepared.ga, request.run_dir, prepared.target_rows)
     faults.attach(searcher.store)  # tests only: inert unless $YOLO_RAY_FAULTS names a plan
     limiter = ConcurrencyLimiter(searcher, max_concurrent=limiter_size(request.max_concurrent))
-    # Tune's result.json/progress.csv per trial, but not its TensorBoard copy (ours is richer).
-    callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(),
+    callbacks: list[Any] = [*trial_loggers(),
                             FailureReasonCallback(searcher), CheckpointCleanupCallback(),
                             ProgressCallback(searcher.store, prepared.target_rows,
                                              request.max_concurrent)]
