@@ -14,6 +14,11 @@ per member result, which at 256 members on a real Ray runs ~5,000 times per 20 r
     python bench/pbt_driver.py                           # the run in docs/benchmarks.md
     python bench/pbt_driver.py --members 64 256 --rounds 10
     python bench/pbt_driver.py --pause                   # members pause at every round's end
+    python bench/pbt_driver.py --async-pbt               # also asynchronous rounds, beside
+
+With --async-pbt the same populations also run with asynchronous rounds (--pbt-async): the
+members end each round in a new random order (every member's end is a
+cohort ranking, and the bottom ones clone at once); `round end` is then the last member's.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pause", action="store_true", help="members pause at every round's "
                    "end instead of waiting on their workers")
+    p.add_argument("--async-pbt", action="store_true", help="also run "
+                   "asynchronous rounds (--pbt-async), members ending rounds in a random order")
     return p.parse_args(argv)
 
 
@@ -53,7 +60,8 @@ def timed(calls: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def run(members: int, rounds: int, seed: int, hold: bool = True) -> dict[str, float]:
+def run(members: int, rounds: int, seed: int, hold: bool = True,
+        asynchronous: bool = False) -> dict[str, float]:
     """One population through `rounds` rounds; timings in ms (add: s)."""
     from tests.cluster.tune_fakes import K, add_population, make_scheduler, run_round
     from yolo_ray.cluster.pbt_state import STATE_NAME
@@ -67,15 +75,20 @@ def run(members: int, rounds: int, seed: int, hold: bool = True) -> dict[str, fl
         root = Path(tmp)
         store = EvolutionStore(root / "run", tuple(hyp.keys()))
         sched = make_scheduler(space, hyp, root, store=store, state_path=root / STATE_NAME,
-                               seed=seed, hold_at_barrier=hold)
+                               seed=seed, hold_at_barrier=hold, asynchronous=asynchronous)
         t0 = time.perf_counter()
         controller, trials = add_population(sched, members, root)
         add_s = time.perf_counter() - t0
         calls: list[float] = []
         sched.on_trial_result = timed(calls, sched.on_trial_result)  # type: ignore[method-assign]
         cpu0 = time.process_time()
+        order = list(range(members))
         for r in range(rounds):
-            run_round(sched, controller, trials, K * (r + 1), list(rng.uniform(0, 1, members)))
+            if asynchronous:  # no barrier: each round's members end in their own order
+                order = list(rng.permutation(members))
+            fits = rng.uniform(0, 1, members)
+            run_round(sched, controller, [trials[i] for i in order], K * (r + 1),
+                      [float(fits[i]) for i in order])
         cpu = time.process_time() - cpu0
         rows = len(store.rows())
         assert rows == members * rounds, (rows, members * rounds)
@@ -92,10 +105,12 @@ def run(members: int, rounds: int, seed: int, hold: bool = True) -> dict[str, fl
             "state_kb": state_kb}
 
 
-def markdown(results: list[dict[str, float]], rounds: int, hold: bool = True) -> str:
+def markdown(results: list[dict[str, float]], rounds: int, hold: bool = True,
+             asynchronous: bool = False) -> str:
+    how = "asynchronous rounds" if asynchronous else \
+        f"members {'held' if hold else 'paused'} at round ends"
     out = [f"PBT driver work per row, {rounds} rounds (the real scheduler, store and state "
-           f"file; Tune's controller stood in, no workers; members "
-           f"{'held' if hold else 'paused'} at round ends)", "",
+           f"file; Tune's controller stood in, no workers; {how})", "",
            "| members | rows | add all members (s) | ms/row, first quarter | "
            "ms/row, last quarter | last / first | round end (ms, median) | "
            "driver CPU per row (ms) | pbt_state.json (KiB) |",
@@ -113,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("yolo_ray", "ray.tune.schedulers.pbt"):  # no per-round / per-exploit lines
         logging.getLogger(name).setLevel(logging.WARNING)
     (ROOT / "runs").mkdir(exist_ok=True)
-    results = [run(n, args.rounds, args.seed, not args.pause) for n in args.members]
-    print(markdown(results, args.rounds, not args.pause))
+    for asynchronous in (False, True) if args.async_pbt else (False,):
+        results = [run(n, args.rounds, args.seed, not args.pause, asynchronous)
+                   for n in args.members]
+        print(markdown(results, args.rounds, not args.pause, asynchronous) + "\n")
     return 0
 
 

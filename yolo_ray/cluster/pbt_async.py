@@ -25,6 +25,7 @@ np.random.default_rng([seed, round, member]).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import math
@@ -70,22 +71,29 @@ class Cohorts:
 
     def __init__(self) -> None:
         self.rounds: dict[int, dict[int, CohortEntry]] = {}
+        # per round, (score, -member) kept sorted as members join: one insertion per round
+        # end instead of sorting the cohort (O(members log members) per row at 1,024)
+        self._ranked: dict[int, list[tuple[float, int]]] = {}
 
     def add(self, round_index: int, member: int, entry: CohortEntry) -> None:
         """Member `member` ended round `round_index` (a retried round replaces its entry)."""
-        self.rounds.setdefault(round_index, {})[member] = entry
+        cohort = self.rounds.setdefault(round_index, {})
+        ranked = self._ranked.setdefault(round_index, [])
+        if member in cohort:
+            ranked.remove((_finite(cohort[member].score), -member))
+        cohort[member] = entry
+        bisect.insort(ranked, (_finite(entry.score), -member))
 
     def quantiles(self, round_index: int, fraction: float) -> tuple[list[int], list[int]]:
         """The bottom and top members of the cohort (Ray's sizes), ties broken by member
         index as in the synchronous ranking."""
-        cohort = self.rounds.get(round_index, {})
-        ranked = sorted(cohort, key=lambda m: (_finite(cohort[m].score), -m))
-        return split_quantiles(ranked, fraction)
+        return split_quantiles([-m for _, m in self._ranked.get(round_index, [])], fraction)
 
     def drop_before(self, round_index: int) -> None:
         """Forget rounds no live member can still end (their saves are no longer needed)."""
         for r in [r for r in self.rounds if r < round_index]:
             del self.rounds[r]
+            self._ranked.pop(r, None)
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # a pickled scheduler (Tune's state) carries no live trials or futures
@@ -144,7 +152,6 @@ class AsyncRounds:
             if self._clone(tune_controller, trial, round_index, parent, rng):
                 source = parent
         self._plan_next(trial, member, round_index, source)
-        self._cohorts.drop_before(self._slowest(tune_controller))
 
     def _cohort_parent(self, member: int, round_index: int, upper: list[int]
                        ) -> tuple[int, np.random.Generator]:
@@ -193,14 +200,14 @@ class AsyncRounds:
         st.members[member] = MemberPlan(
             trial.trial_id, {k: float(trial.config[k]) for k in self.genes},  # type: ignore[attr-defined]
             source, source != member, st.rows.get(key), round=round_index + 1)
-        st.round = min(p.round or 0 for p in st.members.values())
         st.perturbations = self._num_perturbations  # type: ignore[attr-defined]
         self._unsaved = True  # written at most every STATE_SAVE_S (pbt_resume)
 
     def _async_decision(self, tune_controller: Any, trial: Trial, decision: str) -> str:
         """After a round end: train on, wait on the worker (lag bound) or hand it over;
         members waiting for the slowest go on if it has caught up."""
-        slowest = self._slowest(tune_controller)
+        slowest = self._slowest(tune_controller)  # O(members): once per round end
+        self._cohorts.drop_before(slowest)
         self._release_ahead(tune_controller, slowest)
         if trial.status != Trial.RUNNING:
             return decision  # cloned: paused to restore its parent's checkpoint
@@ -256,7 +263,7 @@ class AsyncRounds:
             plan, found = self._member_restart(member, trials)
             self._restart_member(trial, plan.config, found, (plan.round or 0) * k)  # type: ignore[attr-defined]
             st.members[member] = plan
-        st.round = min((p.round or 0 for p in st.members.values()), default=0)
+        st.refresh_round()
         LOGGER.info("PBT (asynchronous) resumes each member at its own round: "
                     + ", ".join(f"{m}:{p.round}" for m, p in sorted(st.members.items())))
 

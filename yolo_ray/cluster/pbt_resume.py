@@ -33,6 +33,7 @@ class ResumableRounds:
     def _save_state(self) -> None:
         self._unsaved, self._next_save = False, time.monotonic() + STATE_SAVE_S
         if self._state_path is not None:
+            self._state.refresh_round()
             self._state.save(self._state_path)
 
     def _load_state_once(self) -> None:

@@ -47,7 +47,7 @@ class PBTState:
     last member's round-end checkpoint was written). Random draws need no saved position:
     the generator of member m at round r is always np.random.default_rng([seed, r, m]).
     Asynchronous rounds (`synchronous` False): each plan names its own round, and `round`
-    is the slowest member's.
+    is the slowest member's (set by `refresh_round` before the state is saved or read).
     """
 
     seed: int
@@ -60,6 +60,12 @@ class PBTState:
     strategy: str = "pbt"
     synchronous: bool = True
     version: int = STATE_VERSION
+
+    def refresh_round(self) -> None:
+        """Asynchronous rounds: `round` becomes the slowest member's (O(members): called per
+        save, not per row)."""
+        if not self.synchronous:
+            self.round = min((p.round or 0 for p in self.members.values()), default=0)
 
     def to_json(self) -> str:
         """Stable JSON text (member keys as strings)."""
