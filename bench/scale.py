@@ -365,7 +365,8 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     m.update(actor_rss_mb=float(np.median([x["actor_rss_mb"] for x in metrics])),
              torch_in_actor=any(x["torch_loaded"] for x in metrics),
              actors=len({(x["node"], x["pid"]) for x in metrics}))
-    m.update(rows=len(store.rows()), trials=len(spans), slots=request.max_concurrent,
+    m.update(rows=len(store.rows()), expected_rows=args.trials, trials=len(spans),
+             slots=request.max_concurrent,
              best=store.best_row().fitness, first=store.rows()[0].fitness)
     store.close()
     return m
@@ -430,7 +431,8 @@ def _run_pbt(args: argparse.Namespace, root: Path, asynchronous: bool) -> dict[s
     m.update(idle_fraction(spans, request.max_concurrent))
     m.update(round_gaps(entries, request.max_concurrent))
     rows = store.rows()
-    m.update(rows=len(rows), members=plan.population, rounds=plan.rounds,
+    m.update(rows=len(rows), expected_rows=plan.rows, members=plan.population,
+             rounds=plan.rounds,
              actors=sum(1 for _ in actors.iterdir()),
              slots=request.max_concurrent, errors=sum(r.error is not None for r in grid),
              first_round_best=max(r.fitness for r in rows if r.meta.get("generation") == 0),
@@ -584,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
     for name in res if args.profile else ():
         print(f"\n{name}: {snapshot_cost(profile_path(args, name))}")
+    short = [f"{name}: {r['rows']} of {r['expected_rows']} rows" for name, r in res.items()
+             if r["rows"] != r["expected_rows"]]
+    if short:  # a run that loses rows is a bug, whatever its timings
+        print("scale: rows missing: " + "; ".join(short), file=sys.stderr)
+        return 1
     return 0
 
 

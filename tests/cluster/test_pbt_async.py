@@ -64,8 +64,14 @@ def test_a_member_is_ranked_in_its_rounds_cohort_and_clones_that_rounds_save(
     start = {t.trial_id: genes(t, sched) for t in trials}
 
     assert end_round(sched, controller, m0, 0.5) == CONTINUE   # alone in round 0: trains on
-    assert end_round(sched, controller, m1, 0.1) == NOOP       # worse of 2: clones member 0
-    assert m1.status == Trial.PAUSED and restored_path(m1) == f"{m0.trial_id}/epoch{K}"
+    assert end_round(sched, controller, m1, 0.1) == PAUSE      # worse of 2: clones member 0
+    # Tune pauses it after registering its own round-end save (a later cohort member may
+    # clone that one); it restores member 0's when it restarts.
+    assert controller.paused == [] and m1.trial_id in controller.saved
+    m1.status = Trial.PAUSED
+    assert sched.choose_trial_to_run(controller) is m1
+    assert restored_path(m1) == f"{m0.trial_id}/epoch{K}"
+    m1.status = Trial.RUNNING  # Tune restarts the clone on its worker
     assert m1.config[MEMBER_KEY] == 1
     rng = member_rng(0, 1, 1)
     rng.random()  # YOLOv5's parent draw among one candidate still takes its one number
@@ -79,10 +85,12 @@ def test_a_member_is_ranked_in_its_rounds_cohort_and_clones_that_rounds_save(
     assert m0.status == Trial.RUNNING and m0 in sched._held.held
     assert sched.state.members[0].round == 2
 
-    m1.status = Trial.RUNNING  # Tune restarts the clone on its worker
     # Member 2 ends round 0 worst of three: it clones member 0's *round-0* save, not round 1's.
-    assert end_round(sched, controller, m2, 0.05) == NOOP
+    assert end_round(sched, controller, m2, 0.05) == PAUSE
+    m2.status = Trial.PAUSED
+    assert sched.choose_trial_to_run(controller) is m2
     assert restored_path(m2) == f"{m0.trial_id}/epoch{K}"
+    m2.status = Trial.RUNNING
     assert controller.trained == []                          # member 3 is still at round 0
     assert end_round(sched, controller, m3, 0.3) == CONTINUE  # 2nd of 4: keeps its weights
     assert controller.trained == [m0.trial_id]   # everyone ended round 0: member 0 goes on

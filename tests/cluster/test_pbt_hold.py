@@ -117,6 +117,31 @@ def test_a_held_member_hands_its_worker_to_one_that_cannot_start(space, hyp, tmp
     assert controller.trained == [m2.trial_id]  # m0 is PAUSED: Tune restarts it
 
 
+def test_a_handed_over_member_pauses_with_no_second_save(space, hyp, tmp_path):
+    """A held member is idle since its round-end save: handing its worker over pauses it
+    with no save of its own, after Tune registered that save when it is still in flight.
+    (A second save beside it made Tune register one and drop the other: the checkpoint
+    index lagged the worker's, and the member's next save overwrote a registered folder.)"""
+    from ray.train._internal.session import _FutureTrainingResult
+
+    _, sched, controller, (m0, m1, m2, m3) = held_population(space, hyp, tmp_path)
+    report(sched, controller, m0, K, 0.4)
+    report(sched, controller, m1, K, 0.1)
+    m0.temporary_state.saving_to = _FutureTrainingResult(None)  # its save still in flight
+    m3.status = Trial.PENDING
+    sched._parking.can_start = lambda trial: False
+    saves = list(controller.saved)
+
+    assert sched.choose_trial_to_run(controller) is None
+    assert controller.paused == [] and controller.saved == saves
+    assert controller._cached_trial_decisions[m0.trial_id] == PAUSE  # once it is registered
+    m0.temporary_state.saving_to = None        # Tune registered it and paused m0
+    m0.status = Trial.PAUSED
+    assert sched.choose_trial_to_run(controller) is None  # m1's save is done: pause now
+    assert controller.paused == [m1.trial_id] and controller.pause_saves == []
+    assert controller.saved == saves
+
+
 def test_a_member_failing_for_good_ends_the_round_with_held_members(space, hyp, tmp_path):
     _, sched, controller, (m0, m1, m2, m3) = held_population(space, hyp, tmp_path)
     for t, f in zip((m0, m1, m2), (0.4, 0.1, 0.3)):

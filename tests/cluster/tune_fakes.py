@@ -79,6 +79,7 @@ class FakeController:
         self.trials = trials
         self.saved: list[str] = []
         self.paused: list[str] = []
+        self.pause_saves: list[str] = []  # pauses that order a save of their own
         self.trained: list[str] = []  # next steps the scheduler started itself (held members)
         self._cached_trial_decisions: dict[str, str] = {}
 
@@ -100,6 +101,8 @@ class FakeController:
             # Tune stops a trial that is saving with a STOP cached for after that save
             self._cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP
         self.paused.append(trial.trial_id)
+        if should_checkpoint:
+            self.pause_saves.append(trial.trial_id)
         trial.status = Trial.PAUSED
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ray.train._internal.session import _FutureTrainingResult  # as Ray's own PBT does
 from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
 
 from .controller_swap import unwrap_controller
 from .worker_starts import own_worker_starting
@@ -35,6 +36,21 @@ def save_in_flight(trial: Any) -> _FutureTrainingResult | None:
     """The save Tune has ordered for `trial` and not yet processed (None: none)."""
     saving = getattr(trial.temporary_state, "saving_to", None)
     return saving if isinstance(saving, _FutureTrainingResult) else None
+
+
+def pause_without_save(tune_controller: Any, trial: Any) -> None:
+    """Pause `trial`, idle since its round-end save, with no second save: Tune restores that
+    one. A second save beside the one still in flight made Tune register one and drop the
+    other (it handles ready results in random order), so its checkpoint index lagged the
+    worker's: the member's next save overwrote a registered checkpoint folder, and Tune's
+    num_to_keep clean-up later deleted that live folder and failed on the next one (128
+    asynchronous members on 16 slots: 2-3 of 2,560 rows missing, the clones of an
+    overwritten save one epoch ahead of their clocks)."""
+    if save_in_flight(trial) is not None:  # pause once Tune has registered it
+        unwrap_controller(tune_controller)._cached_trial_decisions[trial.trial_id] = \
+            TrialScheduler.PAUSE
+    else:
+        tune_controller.pause_trial(trial, should_checkpoint=False)
 
 
 def drop_cached_stop(tune_controller: Any, trial: Any) -> None:
@@ -151,7 +167,7 @@ class HoldAtBarrier:
         trial = self._held.idle_one()
         if trial is not None:
             self._parking.park(tune_controller, trial)
-            tune_controller.pause_trial(trial)
+            pause_without_save(tune_controller, trial)
 
     def _after_barrier(self, tune_controller: Any) -> int:
         """Held members not cloned over (those were paused) train on; how many members went

@@ -105,6 +105,7 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         self._state = PBTState(seed=seed, interval=self._interval, synchronous=self._synch)
         self._cohorts = Cohorts()  # asynchronous: each round's members so far
         self._clones: set[Trial] = set()  # asynchronous: cloned, not restarted yet
+        self._restores: dict[Trial, Any] = {}  # asynchronous: a clone's parent checkpoint
         self._loaded = False
         self._unsaved = False  # members added or ended since the state file was written
         self._next_save = -math.inf  # deferred state writes (pbt_resume.STATE_SAVE_S)
@@ -220,13 +221,16 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
                 self._save_state()  # the last member: the file ends complete
         self._parking.release(trial)
         self._clones.discard(trial)
+        self._restores.pop(trial, None)
         self._held.forget(trial, drop_save=True)
         super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
         self._clones.discard(trial)
-        self._held.forget(trial)  # retried from its last checkpoint; its save stays for clones
+        # retried from its last checkpoint (a clone: its parent's, _restores); its save stays
+        # for clones
+        self._held.forget(trial)
         self._member_failed = True  # retried, or failed for good: known at the next step
         # Perhaps its node was lost: kept workers there must not go to its retry (Tune ends a
         # member whose reset fails on a dead worker for good); ping before handing out.
@@ -236,6 +240,7 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self._parking.release(trial)
         self._clones.discard(trial)
+        self._restores.pop(trial, None)
         self._held.forget(trial, drop_save=True)
         super().on_trial_remove(tune_controller, trial)
 
@@ -271,6 +276,7 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         self._parking.release(trial)  # it runs again, on its parked actor if still cached
         self._clones.discard(trial)
         self._held.restarted(trial)
+        self._restore_parent(trial)
         return trial
 
     def _next_member(self, tune_controller: Any) -> Trial | None:
