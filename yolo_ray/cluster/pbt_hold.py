@@ -74,7 +74,6 @@ class HeldMembers:
         """`trial` waits for the barrier on its worker; `save` holds its round-end weights."""
         self.saves[trial] = save
         self.held[trial] = None
-        self.handed_over.discard(trial)  # asynchronous: held again after an earlier hand-over
 
     def restarted(self, trial: Any) -> None:
         """`trial` trains again: a hand-over of its worker is no longer under way. (With

@@ -219,10 +219,7 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
             self._unsaved = True
             if not any(t is not trial for t in tune_controller.get_live_trials()):
                 self._save_state()  # the last member: the file ends complete
-        self._parking.release(trial)
-        self._clones.discard(trial)
-        self._restores.pop(trial, None)
-        self._held.forget(trial, drop_save=True)
+        self._forget_ended(trial)
         super().on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
@@ -238,11 +235,15 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         super().on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._forget_ended(trial)
+        super().on_trial_remove(tune_controller, trial)
+
+    def _forget_ended(self, trial: Trial) -> None:
+        """`trial` ended or was removed: no worker kept, no clone restore, no held save."""
         self._parking.release(trial)
         self._clones.discard(trial)
         self._restores.pop(trial, None)
         self._held.forget(trial, drop_save=True)
-        super().on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.store_error is not None:
