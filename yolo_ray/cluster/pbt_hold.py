@@ -44,7 +44,7 @@ def pause_without_save(tune_controller: Any, trial: Any) -> None:
     other (it handles ready results in random order), so its checkpoint index lagged the
     worker's: the member's next save overwrote a registered checkpoint folder, and Tune's
     num_to_keep clean-up later deleted that live folder and failed on the next one (128
-    asynchronous members on 16 slots: 2-3 of 2,560 rows missing, the clones of an
+    asynchronous members on 16 slots: 1-3 of 2,560 rows missing, the clones of an
     overwritten save one epoch ahead of their clocks)."""
     if save_in_flight(trial) is not None:  # pause once Tune has registered it
         unwrap_controller(tune_controller)._cached_trial_decisions[trial.trial_id] = \
