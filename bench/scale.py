@@ -137,10 +137,17 @@ def member_class() -> type:
                   member_spread: float = 0.0) -> None:
             self.mean, self.spread, self.base = mean, spread, dict(base or {})
             self.member_spread = member_spread
-            if actors_dir:  # one file per worker process started (reuse calls reset_config)
-                Path(actors_dir, f"{os.getpid()}").touch()
+            # One file per worker process started (reuse calls reset_config), with the times
+            # of what it did between epochs (worker_gaps).
+            self.events = Path(actors_dir, f"{os.getpid()}") if actors_dir else None
             self.quality, self.epoch = 0.0, 0
             self._apply(config)
+            self._event("setup")
+
+        def _event(self, kind: str) -> None:
+            if self.events is not None:
+                with self.events.open("a") as f:
+                    f.write(f"{kind} {time.time():.6f} {self.member}\n")
 
         def _apply(self, config: dict) -> None:
             self.member = int(config["trial_index"])
@@ -150,8 +157,10 @@ def member_class() -> type:
             self.hyp = {k: float(config[k]) for k in self.base}
 
         def step(self) -> dict:
+            self._event("train")
             t0 = time.time()
             time.sleep(self.speed * draw_sleep(self.member, self.epoch, self.mean, self.spread))
+            self._event("result")
             self.epoch += 1
             self.quality += 0.1 * synthetic_fitness(self.hyp, self.base)
             done = self.epoch >= self.total
@@ -163,12 +172,15 @@ def member_class() -> type:
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             state = {"epoch": self.epoch, "quality": self.quality}
             Path(checkpoint_dir, "state.json").write_text(json.dumps(state))
+            self._event("save")
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
             state = json.loads(Path(checkpoint_dir, "state.json").read_text())
             self.epoch, self.quality = int(state["epoch"]), float(state["quality"])
+            self._event("restore")
 
         def reset_config(self, new_config: dict) -> bool:
+            self._event("reset")
             self._apply(new_config)  # the restore that follows sets epoch and quality
             self.quality, self.epoch = 0.0, 0
             return True
@@ -433,7 +445,7 @@ def _run_pbt(args: argparse.Namespace, root: Path, asynchronous: bool) -> dict[s
     rows = store.rows()
     m.update(rows=len(rows), expected_rows=plan.rows, members=plan.population,
              rounds=plan.rounds,
-             actors=sum(1 for _ in actors.iterdir()),
+             actors=sum(1 for _ in actors.iterdir()), gaps=worker_gaps(actors),
              slots=request.max_concurrent, errors=sum(r.error is not None for r in grid),
              first_round_best=max(r.fitness for r in rows if r.meta.get("generation") == 0),
              best=store.best_row().fitness)
@@ -479,6 +491,48 @@ def member_waits(entries: list[dict], by_round: dict[int, list[tuple[float, floa
             "wait_after_barrier_s": float(np.mean(after)) if after else nan}
 
 
+def worker_gaps(actors_dir: Path) -> dict[str, Any]:
+    """What each worker did between the end of one epoch and the start of the next, from the
+    members' own event times: a member that trains on (save, train) or a restart on the
+    worker (hand-over or clone: save, reset, restore, train). Each arrow is a driver round
+    trip: Tune handles the event, then sends the next call. Means in ms per phase."""
+    kinds: dict[str, list[list[tuple[str, float]]]] = {"on": [], "restart": []}
+    for path in actors_dir.iterdir():
+        events = sorted(((k, float(t)) for k, t, _ in
+                         (line.split() for line in path.read_text().splitlines())),
+                        key=lambda e: e[1])
+        between: list[tuple[str, float]] | None = None
+        for kind, t in events:
+            if kind == "result":
+                between = [(kind, t)]
+            elif between is not None:
+                between.append((kind, t))
+                if kind == "train":
+                    names = {k for k, _ in between}
+                    kinds["restart" if "reset" in names else "on"].append(between)
+                    between = None
+    out: dict[str, Any] = {}
+    for name, gaps in kinds.items():
+        phases: dict[str, list[float]] = {}
+        for gap in gaps:
+            for (a, ta), (b, tb) in zip(gap, gap[1:]):
+                phases.setdefault(f"{a}→{b}", []).append(tb - ta)
+        out[name] = {"n": len(gaps), "mean_ms": 1e3 * float(np.mean(
+            [g[-1][1] - g[0][1] for g in gaps])) if gaps else float("nan"),
+            "phases_ms": {k: 1e3 * float(np.mean(v)) for k, v in phases.items()
+                          if len(v) >= len(gaps) / 2}}
+    return out
+
+
+def gap_note(g: dict[str, Any]) -> str:
+    """One sentence on worker_gaps' numbers."""
+    def one(d: dict[str, Any]) -> str:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in d["phases_ms"].items())
+        return f"{d['mean_ms']:.1f} ms (n = {d['n']}: {parts})"
+    return (f"Between epochs on a worker: a member that trains on {one(g['on'])}; a restart "
+            f"(hand-over or clone) {one(g['restart'])}.")
+
+
 # ----------------------------------------------------------------------------- output
 def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> str:
     lines = ["| run | slots (fake GPUs) | rows | wall | most trials running at once | idle "
@@ -509,7 +563,7 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
                          f"{p['wait_before_barrier_s']:.2f} s before the round's last end + "
                          f"{p['wait_after_barrier_s']:.2f} s after; idle slot-time "
                          f"after the first wave {100 * p.get('idle_wave2', float('nan')):.2f} "
-                         f"%; errored trials {p['errors']}.")
+                         f"%; errored trials {p['errors']}. {gap_note(p['gaps'])}")
     return "\n".join(lines) + "\n" + " ".join(notes)
 
 

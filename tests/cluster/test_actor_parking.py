@@ -135,6 +135,7 @@ class FakeManager:
 
     def __init__(self) -> None:
         self._live_actors_to_ray_actors_resources: dict[Any, tuple[str, None]] = {}
+        self.num_total_actors: int | None = None  # Tune's workers, when a test sets it
         self.removed: list[tuple[str, bool]] = []
 
     def remove_actor(self, tracked: FakeTracked, kill: bool = False) -> bool:
@@ -181,6 +182,37 @@ def test_a_member_is_staged_only_with_a_free_kept_worker_or_an_idle_slot():
     ctl._actor_cache.pop_cached_object(key)
     ctl._trial_to_actor[trial] = "its worker"
     assert parking.can_start(trial)            # staged already: Tune only tries the cache
+
+
+def test_no_gcs_call_while_tunes_workers_fill_the_cluster():
+    # With more members than slots a member waits at almost every Tune step; asking the GCS
+    # each time cost 1.5 ms a step. Tune's own worker count settles it while every slot
+    # holds one of its workers (the cluster's size is re-read every NODE_CHECK_S).
+    free_calls, total_calls, now = [], [], [0.0]
+    total = {"CPU": 8.0, "GPU": 2.0}
+
+    def free() -> dict[str, float]:
+        free_calls.append(now[0])
+        return {"CPU": 6.0, "GPU": 1.0}
+
+    def totals() -> dict[str, float]:
+        total_calls.append(now[0])
+        return dict(total)
+
+    parking = ActorParking(free=free, totals=totals, clock=lambda: now[0])
+    ctl, trial = FakeController(), FakeTrial()
+    trial.placement_group_factory = GpuRequest()
+    parking.park(ctl, FakeTrial())  # attaches
+    ctl._actor_manager.num_total_actors = 2     # both GPUs held by Tune's workers
+    assert not parking.can_start(trial) and not parking.can_start(trial)
+    assert free_calls == [] and total_calls == [0.0]
+    ctl._actor_manager.num_total_actors = 1     # one ended: ask the GCS (another job?)
+    assert parking.can_start(trial) and free_calls == [0.0]
+    total["GPU"] = 3.0                          # a node joined: seen after NODE_CHECK_S
+    ctl._actor_manager.num_total_actors = 2
+    assert not parking.can_start(trial) and len(free_calls) == 1
+    now[0] = 2.5
+    assert parking.can_start(trial) and total_calls == [0.0, 2.5] and len(free_calls) == 2
 
 
 def test_cached_actors_of_a_dead_node_are_evicted_once_it_is_reported_dead():

@@ -289,8 +289,8 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
                    if t.status in (Trial.PENDING, Trial.PAUSED) and not
                    (self._trial_state[t].last_train_time >= self._next_perturbation_sync
                     if slowest is None else self._ahead(t, slowest))]
-        waiting.sort(key=self._start_order)
-        return next((t for t in waiting if not own_worker_starting(tune_controller, t)), None)
+        return min((t for t in waiting if not own_worker_starting(tune_controller, t)),
+                   key=self._start_order, default=None)
 
     def _start_order(self, trial: Trial) -> tuple[float, float]:
         """Least trained first (Ray's order); then longest last epoch first. With more members
@@ -298,7 +298,10 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         slow members go first and the quick ones fill the slots as they free up (longest
         processing time first, Graham's rule). A member's epoch time changes little from one
         round to the next (same model and data; its hyps change augmentation cost)."""
-        last = getattr(trial, "last_result", None) or {}
+        # run_metadata's dict, not Trial.last_result: that property builds a set of the
+        # result's keys per call (per waiting member per Tune step: 0.6 ms a step at 64).
+        meta = getattr(trial, "run_metadata", None)
+        last = getattr(meta, "last_result", None) or getattr(trial, "last_result", None) or {}
         return (self._trial_state[trial].last_train_time,
                 -float(last.get("time_this_iter_s") or 0.0))
 
