@@ -61,7 +61,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=("classic", "pbt"), default=None)
+    p.add_argument("--only", choices=("classic", "pbt", "pbt-async"), default=None,
+                   help="one strategy; pbt-async: only the asynchronous PBT run")
     p.add_argument("--slots", type=int, default=64, help="fake GPUs = concurrent trials")
     p.add_argument("--trials", type=int, default=1000, help="classic: trials (= rows)")
     p.add_argument("--members", type=int, default=64, help="pbt: population")
@@ -594,8 +595,16 @@ def plot(res: dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
+def selected(only: str | None, run: str) -> bool:
+    """Whether `--only` selects the run named `run`."""
+    if only == "pbt-async":
+        return run == "pbt, asynchronous rounds"
+    return only in (None, run.split(",")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.async_pbt = args.async_pbt or args.only == "pbt-async"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import ray
 
@@ -623,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.pbt_baseline:
                 runs.append(("pbt, Ray's restarts", partial(run_pbt, keep_workers=False), True))
             for name, fn, guard in runs:
-                if args.only in (None, name.split(",")[0]):
+                if selected(args.only, name):
                     with start_guard(guard):
                         res[name] = fn(args, Path(tmp) / f"run{len(res)}")
                     print(f"# {name}: " + json.dumps({k: v for k, v in res[name].items()

@@ -47,3 +47,13 @@ def test_idle_counts_slot_time_between_the_ramp_up_and_the_last_start():
     spans = [(0.0, 10.0), (0.0, 10.0), (11.0, 20.0), (11.0, 20.0)]
     m = idle_fraction(spans, 2)
     assert m["idle"] == pytest.approx(2 / 22) and m["max_running"] == 2
+
+
+def test_only_selects_runs_by_strategy_or_the_asynchronous_pbt_run_alone():
+    from bench.scale import selected
+
+    runs = ["classic", "pbt", "pbt, asynchronous rounds", "pbt, Ray's restarts"]
+    assert [r for r in runs if selected(None, r)] == runs
+    assert [r for r in runs if selected("pbt", r)] == runs[1:]
+    assert [r for r in runs if selected("pbt-async", r)] == ["pbt, asynchronous rounds"]
+    assert [r for r in runs if selected("classic", r)] == ["classic"]
