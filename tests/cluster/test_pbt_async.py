@@ -303,3 +303,31 @@ def test_more_members_than_slots_take_turns_to_the_end(tmp_path):
         assert list(frame["epoch"]) == list(range(1, epochs + 1)), r.config[MEMBER_KEY]
         pids.update(frame["pid"])
     assert len(pids) == slots  # workers kept: one process per slot for the whole run
+
+
+def test_a_round_end_save_is_ordered_before_the_row_is_written_and_only_once(
+        space, hyp, tmp_path):
+    # The worker saves while the driver writes the row (fsyncs) and ranks: ordered after,
+    # the save reached the worker later, and a worker's gap between epochs is such steps.
+    store = EvolutionStore(tmp_path / "run", tuple(hyp.keys()))
+    sched, controller, trials = async_population(space, hyp, tmp_path, 2, store=store)
+    saves_at_append: list[list[str]] = []
+    append = store.append
+
+    def recording_append(record):
+        saves_at_append.append(list(controller.saved))
+        return append(record)
+
+    store.append = recording_append
+    m0, m1 = trials
+    assert end_round(sched, controller, m0, 0.5) == CONTINUE
+    assert saves_at_append == [[m0.trial_id]]          # saved before its row was written
+    assert controller.saved == [m0.trial_id]            # once, not again when ranked
+    assert sched._cohorts.rounds[0][0].save.path == f"{m0.trial_id}/epoch{K}"
+    end_round(sched, controller, m1, 0.7)
+    assert saves_at_append[-1] == [m0.trial_id, m1.trial_id]
+    assert controller.saved == [m0.trial_id, m1.trial_id]
+    assert sched._early_save is None                    # nothing left for the next result
+    # an epoch inside a round orders no save
+    sched.on_trial_result(controller, m0, result(K + 1, 0.0))
+    assert controller.saved == [m0.trial_id, m1.trial_id]

@@ -118,6 +118,7 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         self._member_failed = False  # a member errored: the round may wait on it no more
         self._next_barrier_check = 0.0
         self._held = HeldMembers(hold_at_barrier)
+        self._early_save: Any = None  # asynchronous: this result's round-end save, if ordered
         # A failed store write (disk full): raised from choose_trial_to_run, which Tune does
         # not catch, so the run stops instead of retrying the member forever.
         self.store_error: StoreError | None = None
@@ -177,6 +178,14 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        self._early_save = None if self._synch else \
+            self._save_round_end(tune_controller, trial, result)
+        try:
+            return self._on_result(tune_controller, trial, result)
+        finally:
+            self._early_save = None
+
+    def _on_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         try:
             result = self._record_row(trial, result)
         except StoreError as e:
