@@ -310,7 +310,8 @@ class GAPopulationBasedTraining(AsyncRounds, SyncRounds, HoldAtBarrier, Resumabl
         # run_metadata's dict, not Trial.last_result: that property builds a set of the
         # result's keys per call (per waiting member per Tune step: 0.6 ms a step at 64).
         meta = getattr(trial, "run_metadata", None)
-        last = getattr(meta, "last_result", None) or getattr(trial, "last_result", None) or {}
+        last = (meta.last_result if hasattr(meta, "last_result") else
+                getattr(trial, "last_result", None)) or {}
         return (self._trial_state[trial].last_train_time,
                 -float(last.get("time_this_iter_s") or 0.0))
 
