@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-baseline", action="store_true", help="also run each strategy "
                    "without the worker_starts guard (Tune hands a kept worker to a trial "
                    "whose own worker is starting, killing that process)")
+    p.add_argument("--keep-finished", type=int, default=None, help="classic: ended trials "
+                   "Tune holds (default the run's, tune_keep_finished)")
+    p.add_argument("--retire-baseline", action="store_true", help="classic: also run with "
+                   "Tune holding every ended trial (no trial retirement), for comparison")
     p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--profile", default=None, metavar="PREFIX", help="cProfile the driver "
@@ -345,7 +349,29 @@ def snapshot_cost(profile: str) -> str:
     return "Tune experiment snapshots: none in the profile."
 
 
-def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def trial_results(experiment_dir: Path) -> list[dict[str, Any]]:
+    """Each trial's last result, from the result.json Tune writes in its trial folder (Tune's
+    own ResultGrid keeps only the trials it still holds at the end)."""
+    out = []
+    for path in sorted(experiment_dir.glob("*/result.json")):
+        lines = path.read_text().splitlines()
+        if lines:
+            out.append(json.loads(lines[-1]))
+    return out
+
+
+def tune_snapshot(experiment_dir: Path) -> dict[str, float]:
+    """Trials in Tune's newest experiment snapshot (newest name, as Tune picks) and its
+    size (MB)."""
+    snaps = sorted(experiment_dir.glob("experiment_state*.json"))
+    if not snaps:
+        return {"snapshot_trials": 0, "snapshot_mb": 0.0}
+    state = json.loads(snaps[-1].read_text())
+    return {"snapshot_trials": len(state["trial_data"]),
+            "snapshot_mb": snaps[-1].stat().st_size / 2**20}
+
+
+def run_classic(args: argparse.Namespace, root: Path, retire: bool = True) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -355,7 +381,10 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from yolo_ray.cluster.tuner import build_classic_tuner
     from yolo_ray.evolve.store import EvolutionStore
 
-    request = make_request(root, args, "classic", generations=args.trials, epochs=1)
+    keep = {} if args.keep_finished is None else {"tune_keep_finished": args.keep_finished}
+    if not retire:
+        keep = {"tune_keep_finished": 10**9}
+    request = make_request(root, args, "classic", generations=args.trials, epochs=1, **keep)
     request = resolve_resources(request, ray.cluster_resources())
     ga = build_ga(request)
     store = EvolutionStore(request.run_dir, ga.hyp_keys)
@@ -371,16 +400,17 @@ def run_classic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
     m = measure(fit, store.csv_path, args.trials, profile_path(args, "classic"))
     grid = m.pop("result")
-    spans = [(r.metrics["t_start"], r.metrics["t_end"]) for r in grid
-             if r.metrics and "t_start" in r.metrics]
+    results = trial_results(Path(request.experiment_path))
+    spans = [(r["t_start"], r["t_end"]) for r in results if "t_start" in r]
     m.update(idle_fraction(spans, request.max_concurrent))
-    metrics = [r.metrics for r in grid if r.metrics and "actor_rss_mb" in r.metrics]
+    metrics = [r for r in results if "actor_rss_mb" in r]
     m.update(actor_rss_mb=float(np.median([x["actor_rss_mb"] for x in metrics])),
              torch_in_actor=any(x["torch_loaded"] for x in metrics),
              actors=len({(x["node"], x["pid"]) for x in metrics}))
     m.update(rows=len(store.rows()), expected_rows=args.trials, trials=len(spans),
              slots=request.max_concurrent,
-             best=store.best_row().fitness, first=store.rows()[0].fitness)
+             best=store.best_row().fitness, first=store.rows()[0].fitness,
+             grid_trials=len(grid), **tune_snapshot(Path(request.experiment_path)))
     store.close()
     return m
 
@@ -555,6 +585,13 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
     if "classic" in res:
         c = res["classic"]
         notes.append(f"Classic: first row fitness {c['first']:.4f}, best {c['best']:.4f}.")
+    for name, c in res.items():
+        if name.startswith("classic"):
+            rss = [x[3] for x in c["samples"]] or [float("nan")]
+            notes.append(f"{name.capitalize()}: Tune's last experiment snapshot holds "
+                         f"{c['snapshot_trials']} trials ({c['snapshot_mb']:.1f} MB); "
+                         f"its ResultGrid {c['grid_trials']}; driver RSS {rss[0]:.0f} -> "
+                         f"{rss[-1]:.0f} MB over the run.")
     for name, p in res.items():
         if name.startswith("pbt"):
             notes.append(f"{name.upper()[:3]}{name[3:]}: best of round 0 "
@@ -617,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="scale_bench_") as tmp:
             runs = [("classic", run_classic, True), ("pbt", run_pbt, True)]
+            if args.retire_baseline:
+                runs.insert(1, ("classic, Tune holds every trial",
+                                partial(run_classic, retire=False), True))
             if args.start_baseline:
                 runs.insert(1, ("classic, no start guard", run_classic, False))
                 runs.append(("pbt, no start guard", run_pbt, False))

@@ -61,6 +61,7 @@ class EvolveRequest:
     max_failures: int = 1                # retries per trial before it is recorded failed
     checkpoint_budget: float = 0.05      # classic: most of a trial's time its checkpoints take
     reuse_actors: bool = True            # classic: a finished trial's worker runs the next one
+    tune_keep_finished: int = 128        # classic: ended trials Tune holds (trial_retirement)
     early_stop: str = "none"             # none | asha
     resume: bool = False
     seed_csv: str | None = None          # YOLOv5-made evolve.csv to seed the store with

@@ -118,6 +118,14 @@ class EvolveSearcher(Searcher):
         for trial_id in list(self.pending_failures):
             self.record_failure(trial_id, GENERIC_FAILURE)
 
+    def recorded_ids(self, trial_ids: list[str]) -> set[str]:
+        """Those of `trial_ids` whose outcome the store holds (a row or a failure entry) and
+        that nothing here still waits on: Tune may forget them (trial_retirement)."""
+        if self.store_error is not None:
+            return set()  # rows may be missing: Tune's results are reconciled at the end
+        waiting = [t for t in trial_ids if t not in self.live and t not in self.pending_failures]
+        return set(self.store.trial_rows(waiting)) if waiting else set()
+
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
         """What Tune must checkpoint; the rows themselves live in the store."""

@@ -33,6 +33,7 @@ from .trainable import (
     result_values,
     suggestion_from_config,
 )
+from .trial_retirement import RetireRecordedTrials
 from .worker_starts import LeaveStartingTrials
 
 if TYPE_CHECKING:
@@ -55,19 +56,23 @@ def trial_name(trial: Any) -> str:
 def build_scheduler(request: EvolveRequest) -> Any:
     """FIFO, or ASHA over finished epochs (`--early-stop asha`); metric stated here once."""
     if request.early_stop == "asha" and request.epochs > 1:
-        return _ASHA(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=request.epochs,
-                     grace_period=max(1, request.epochs // 3), reduction_factor=3)
-    return _FIFO()
+        scheduler: Any = _ASHA(time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
+                               max_t=request.epochs, grace_period=max(1, request.epochs // 3),
+                               reduction_factor=3)
+    else:
+        scheduler = _FIFO()
+    scheduler.keep_finished = max(0, int(request.tune_keep_finished))
+    return scheduler
 
 
-class _FIFO(LeaveStartingTrials, CountFailuresOnce, FIFOScheduler):
+class _FIFO(RetireRecordedTrials, LeaveStartingTrials, CountFailuresOnce, FIFOScheduler):
     """FIFO; a worker dying during a reused worker's reset costs one retry, not the trial;
-    a reused worker goes to a trial whose own is not starting."""
+    a reused worker goes to a trial whose own is not starting; recorded trials retire."""
 
 
-class _ASHA(LeaveStartingTrials, CountFailuresOnce, ASHAScheduler):
+class _ASHA(RetireRecordedTrials, LeaveStartingTrials, CountFailuresOnce, ASHAScheduler):
     """ASHA; a worker dying during a reused worker's reset costs one retry, not the trial;
-    a reused worker goes to a trial whose own is not starting."""
+    a reused worker goes to a trial whose own is not starting; recorded trials retire."""
 
 
 def build_trainable(request: EvolveRequest) -> Any:
@@ -174,7 +179,8 @@ def reconcile_results(prepared: PreparedRun, grid: Any) -> int:
 
 def trial_timings(grid: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, float], ...]:
     """Per trial: suggested, trial start, loop start/end, seconds spent checkpointing (Tune
-    results) and recorded (sidecar)."""
+    results) and recorded (sidecar); for the trials Tune still holds at the end, i.e. all of
+    them up to `tune_keep_finished` trials (trial_retirement), else the newest."""
     recorded = {str(e.get("trial_id")): e.get("end") for e in entries}
     out = []
     for result in grid:
