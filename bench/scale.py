@@ -349,6 +349,19 @@ def snapshot_cost(profile: str) -> str:
     return "Tune experiment snapshots: none in the profile."
 
 
+def held_objects() -> dict[str, int]:
+    """Objects the driver's heap still holds after a fit (its ResultGrid alive): Tune Trials,
+    and all objects Python's cyclic GC tracks (each full collection walks them)."""
+    import gc
+
+    from ray.tune.experiment import Trial
+
+    gc.collect()
+    objects = gc.get_objects()
+    return {"trials_alive": sum(isinstance(o, Trial) for o in objects),
+            "heap_objects": len(objects)}
+
+
 def trial_results(experiment_dir: Path) -> list[dict[str, Any]]:
     """Each trial's last result, from the result.json Tune writes in its trial folder (Tune's
     own ResultGrid keeps only the trials it still holds at the end)."""
@@ -400,6 +413,7 @@ def run_classic(args: argparse.Namespace, root: Path, retire: bool = True) -> di
 
     m = measure(fit, store.csv_path, args.trials, profile_path(args, "classic"))
     grid = m.pop("result")
+    m.update(held_objects())
     results = trial_results(Path(request.experiment_path))
     spans = [(r["t_start"], r["t_end"]) for r in results if "t_start" in r]
     m.update(idle_fraction(spans, request.max_concurrent))
@@ -590,8 +604,10 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
             rss = [x[3] for x in c["samples"]] or [float("nan")]
             notes.append(f"{name.capitalize()}: Tune's last experiment snapshot holds "
                          f"{c['snapshot_trials']} trials ({c['snapshot_mb']:.1f} MB); "
-                         f"its ResultGrid {c['grid_trials']}; driver RSS {rss[0]:.0f} -> "
-                         f"{rss[-1]:.0f} MB over the run.")
+                         f"its ResultGrid {c['grid_trials']}; after the run the driver "
+                         f"holds {c['trials_alive']} Trial objects and "
+                         f"{c['heap_objects'] / 1e6:.2f} M GC-tracked objects; driver RSS "
+                         f"{rss[0]:.0f} -> {rss[-1]:.0f} MB over the run.")
     for name, p in res.items():
         if name.startswith("pbt"):
             notes.append(f"{name.upper()[:3]}{name[3:]}: best of round 0 "

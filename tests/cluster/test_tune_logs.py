@@ -74,3 +74,27 @@ def test_a_new_driver_session_gets_the_stored_history_back(tmp_path):
 
 def test_runs_log_with_the_session_loggers():
     assert [type(cb) for cb in trial_loggers()] == [SessionJsonLogger, SessionCSVLogger]
+
+
+@pytest.mark.parametrize("logger", [SessionJsonLogger, SessionCSVLogger])
+def test_an_ended_trial_is_not_held_by_the_loggers(tmp_path, logger):
+    import gc
+    import weakref
+
+    trial, log = LoggedTrial(tmp_path), logger()
+    log.log_trial_start(trial)
+    log.log_trial_result(1, trial, {"epoch": 1})
+    log.log_trial_end(trial)
+    alive = weakref.ref(trial)
+    del trial
+    gc.collect()
+    assert alive() is None  # Tune's own loggers keep a config / header flag per Trial
+
+
+def test_a_trial_restarted_after_its_end_logs_on_without_a_second_header(tmp_path):
+    trial, log = LoggedTrial(tmp_path), SessionCSVLogger()
+    for epoch in (1, 2):  # ended (an error), then retried: the flags are set again
+        log.log_trial_result(epoch, trial, {"epoch": epoch})
+        log.log_trial_end(trial, failed=epoch == 1)
+    assert Path(trial.local_path, "progress.csv").read_text().splitlines() == [
+        "epoch", "1", "2"]

@@ -1,5 +1,5 @@
 """Tune's per-trial result.json and progress.csv, without the lines Tune drops when a trial
-restarts.
+restarts, and without holding every ended Trial.
 
 Tune's JSON logger copies a trial's result.json back from storage every time the trial
 starts with a checkpoint. The driver writes that file in its staging folder and syncs it to
@@ -32,6 +32,14 @@ class _RestoreOncePerSession:
             return  # the staging copy holds every line written since
         self._restored.add(key)
         super()._restore_from_remote(file_name, trial)  # type: ignore[misc]
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        super().log_trial_end(trial, failed)  # type: ignore[misc]
+        # Tune's loggers keep these per Trial for good (both are set again at each start),
+        # and with them every Trial the run ever had: ~0.18 MB of driver memory per classic
+        # trial, which trial_retirement cannot free while a logger still holds the Trial.
+        for held in ("_trial_configs", "_trial_continue"):
+            getattr(self, held, {}).pop(trial, None)
 
     def __getstate__(self) -> dict[str, Any]:
         # A pickled callback (Tune's experiment state) belongs to no driver session.
