@@ -2,7 +2,7 @@
 
 Tune (2.60) keeps every Trial it ever ran for the whole experiment: each step scans them
 (`TuneController.is_finished`) and every experiment snapshot re-encodes each one's JSON state
-(~20 KB, mostly Tune's per-metric statistics), so over a classic run of thousands of trials
+(~22 KB, mostly Tune's per-metric statistics), so over a classic run of thousands of trials
 the driver's memory and its CPU per snapshot grew with the trials held (docs/benchmarks.md,
 "Classic strategy at scale"). A classic trial's outcome lives in evolve.csv and its sidecar,
 which is all `--resume` and the GA read; Tune needs the Trial only for its end-of-run
@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 
 from .controller_swap import swap_controller_method, unwrap_controller
 
-KEEP_FINISHED = 128  # finished trials Tune still holds; their snapshot is ~2.5 MB
+KEEP_FINISHED = 128  # ended trials Tune still holds; ~3 MB of its snapshot (benchmarks.md)
 _RETIRING: dict[type, type] = {}  # controller class -> its subclass that retires trials
 _ENDED = (Trial.TERMINATED, Trial.ERROR)
 

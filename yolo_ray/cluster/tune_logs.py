@@ -36,8 +36,8 @@ class _RestoreOncePerSession:
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         super().log_trial_end(trial, failed)  # type: ignore[misc]
         # Tune's loggers keep these per Trial for good (both are set again at each start),
-        # and with them every Trial the run ever had: ~0.18 MB of driver memory per classic
-        # trial, which trial_retirement cannot free while a logger still holds the Trial.
+        # and with them every Trial the run ever had, which trial_retirement could not free
+        # (2000 classic trials: 0.73 M vs 0.33 M objects left on the heap, benchmarks.md).
         for held in ("_trial_configs", "_trial_continue"):
             getattr(self, held, {}).pop(trial, None)
 
