@@ -20,10 +20,15 @@ Measured from the trials' own timestamps and the driver process:
              our guard against handing a kept worker to a trial whose own one is starting;
              `--hold-baseline` also runs with members paused at every round's end instead of
              held on their workers; `--async-pbt` also runs asynchronous rounds)
+    tune     classic: trials in Tune's last experiment snapshot and its size, Trial objects
+             and GC-tracked objects the driver holds after the run (`--retire-baseline` also
+             runs with Tune holding every ended trial; `--keep-finished N` sets how many it
+             keeps, trial_retirement)
     waits    PBT: a member's mean time between its rounds, before / after the round's last end
 
     python bench/scale.py                                   # both, default sizes
     python bench/scale.py --only classic --trials 1000 --slots 64 --sleep 4
+    python bench/scale.py --only classic --slots 64 --trials 2000 --sleep 10 --retire-baseline
     python bench/scale.py --only pbt --members 256 --slots 128 --rounds 20 --sleep 2
     python bench/scale.py --only pbt --members 16 --slots 16 --rounds 10 --pbt-baseline
     python bench/scale.py --only pbt --members 96 --slots 16 --rounds 3 --sleep 2 \
@@ -602,7 +607,7 @@ def markdown(args: argparse.Namespace, res: dict[str, dict], init_s: float) -> s
     for name, c in res.items():
         if name.startswith("classic"):
             rss = [x[3] for x in c["samples"]] or [float("nan")]
-            notes.append(f"{name.capitalize()}: Tune's last experiment snapshot holds "
+            notes.append(f"{name[0].upper()}{name[1:]}: Tune's last experiment snapshot holds "
                          f"{c['snapshot_trials']} trials ({c['snapshot_mb']:.1f} MB); "
                          f"its ResultGrid {c['grid_trials']}; after the run the driver "
                          f"holds {c['trials_alive']} Trial objects and "

@@ -57,3 +57,19 @@ def test_only_selects_runs_by_strategy_or_the_asynchronous_pbt_run_alone():
     assert [r for r in runs if selected("pbt", r)] == runs[1:]
     assert [r for r in runs if selected("pbt-async", r)] == ["pbt, asynchronous rounds"]
     assert [r for r in runs if selected("classic", r)] == ["classic"]
+
+
+def test_classic_spans_come_from_every_trial_folder_and_the_snapshot_is_tunes_newest(tmp_path):
+    import json
+
+    from bench.scale import trial_results, tune_snapshot
+
+    for i, lines in enumerate([[{"t_start": 0.0}, {"t_start": 1.0, "t_end": 2.0}], []]):
+        (tmp_path / f"t{i}").mkdir()
+        (tmp_path / f"t{i}" / "result.json").write_text(
+            "".join(json.dumps(x) + "\n" for x in lines))
+    assert trial_results(tmp_path) == [{"t_start": 1.0, "t_end": 2.0}]  # last line each
+    for stamp, n in (("2026-12-06_10-00-00", 3), ("2026-12-06_09-00-00", 5)):
+        (tmp_path / f"experiment_state-{stamp}.json").write_text(
+            json.dumps({"trial_data": [["{}", "{}"]] * n}))
+    assert tune_snapshot(tmp_path)["snapshot_trials"] == 3  # the newest name, as Tune picks
