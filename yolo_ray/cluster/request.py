@@ -14,6 +14,7 @@ from ..errors import ConfigError
 STRATEGIES = ("classic", "pbt")
 EARLY_STOP = ("none", "asha")
 DEVICE_POLICIES = ("auto", "cpu")
+KEEP_FINISHED = 128  # classic: ended trials Tune holds; ~3 MB of its snapshot (benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class EvolveRequest:
     max_failures: int = 1                # retries per trial before it is recorded failed
     checkpoint_budget: float = 0.05      # classic: most of a trial's time its checkpoints take
     reuse_actors: bool = True            # classic: a finished trial's worker runs the next one
-    tune_keep_finished: int = 128        # classic: ended trials Tune holds (trial_retirement)
+    tune_keep_finished: int = KEEP_FINISHED  # classic: ended trials Tune holds (trial_retirement)
     early_stop: str = "none"             # none | asha
     resume: bool = False
     seed_csv: str | None = None          # YOLOv5-made evolve.csv to seed the store with

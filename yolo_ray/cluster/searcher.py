@@ -123,8 +123,8 @@ class EvolveSearcher(Searcher):
         that nothing here still waits on: Tune may forget them (trial_retirement)."""
         if self.store_error is not None:
             return set()  # rows may be missing: Tune's results are reconciled at the end
-        waiting = [t for t in trial_ids if t not in self.live and t not in self.pending_failures]
-        return set(self.store.trial_rows(waiting)) if waiting else set()
+        released = [t for t in trial_ids if t not in self.live and t not in self.pending_failures]
+        return set(self.store.trial_rows(released)) if released else set()
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any, Callable
 from ray.tune.experiment import Trial
 
 from .controller_swap import swap_controller_method, unwrap_controller
+from .request import KEEP_FINISHED
 
-KEEP_FINISHED = 128  # ended trials Tune still holds; ~3 MB of its snapshot (benchmarks.md)
 _RETIRING: dict[type, type] = {}  # controller class -> its subclass that retires trials
 _ENDED = (Trial.TERMINATED, Trial.ERROR)
 
