@@ -399,10 +399,9 @@ def run_classic(args: argparse.Namespace, root: Path, retire: bool = True) -> di
     from yolo_ray.cluster.tuner import build_classic_tuner
     from yolo_ray.evolve.store import EvolutionStore
 
-    keep = {} if args.keep_finished is None else {"tune_keep_finished": args.keep_finished}
-    if not retire:
-        keep = {"tune_keep_finished": 10**9}
-    request = make_request(root, args, "classic", generations=args.trials, epochs=1, **keep)
+    keep = args.keep_finished if retire else 10**9  # None: the request's default
+    kw = {} if keep is None else {"tune_keep_finished": keep}
+    request = make_request(root, args, "classic", generations=args.trials, epochs=1, **kw)
     request = resolve_resources(request, ray.cluster_resources())
     ga = build_ga(request)
     store = EvolutionStore(request.run_dir, ga.hyp_keys)

@@ -3,7 +3,8 @@ as a script, so a test can SIGKILL its driver and resume it (test_trial_retireme
 
     python -m tests.cluster.retire_run ROOT ROWS KEEP [--resume]
 
-Prints one JSON line: rows in evolve.csv, trials in Tune's last snapshot and in its grid.
+Runs in ROOT/classic; prints one JSON line: rows in evolve.csv, trials in Tune's last
+snapshot and in its grid.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench.scale import tune_snapshot
 from yolo_ray.cluster.launch import (
     TUNE_ENV, PreparedRun, build_ga, quiet_tune_env, resolve_resources, scoped_env,
 )
-from yolo_ray.cluster.request import EvolveRequest
-from yolo_ray.config.load import load_hyp
 from yolo_ray.evolve.store import EvolutionStore
-from yolo_ray.train.results import RESULT_KEYS
+
+from .test_tuner_trainable import request_for, results
 
 SLEEP_S = 0.4
 
@@ -31,14 +32,7 @@ def sleeping_trial(config: dict) -> None:
 
     time.sleep(SLEEP_S)
     fit = round(float(config["hyp"]["lr0"]), 4)
-    tune.report(dict(zip(RESULT_KEYS, (0.5, 0.5, fit, fit, 0.05, 0.03, 0.01)))
-                | {"fitness": fit, "epoch": 1, "final": True})
-
-
-def snapshot_trials(experiment: Path) -> int:
-    """Trials in Tune's newest experiment snapshot (the newest name: Tune's own pick)."""
-    snaps = sorted(experiment.glob("experiment_state*.json"))
-    return len(json.loads(snaps[-1].read_text())["trial_data"]) if snaps else -1
+    tune.report(results(fit) | {"fitness": fit, "epoch": 1, "final": True})
 
 
 def main(argv: list[str]) -> int:
@@ -48,14 +42,10 @@ def main(argv: list[str]) -> int:
     from yolo_ray.cluster.tuner import build_classic_tuner
 
     root, rows, keep, resume = Path(argv[0]), int(argv[1]), int(argv[2]), "--resume" in argv
-    data = root / "data.yaml"  # never read: the stand-in does not train
-    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING)
-    request = EvolveRequest(run_dir=root / "run", data=str(data), hyp=load_hyp(),
-                            cfg="yolov5n", verbose=0, tensorboard=False, gpus_per_trial=0.0,
-                            cpus_per_trial=1, generations=rows, epochs=1, resume=resume,
-                            tune_keep_finished=keep)
+    request = request_for(root, "classic", generations=rows, epochs=1, resume=resume,
+                          tune_keep_finished=keep)
     request = resolve_resources(request, ray.cluster_resources())
     ga = build_ga(request)
     store = EvolutionStore(request.run_dir, ga.hyp_keys)
@@ -64,8 +54,8 @@ def main(argv: list[str]) -> int:
     # A snapshot at every step: each one retires what it can.
     with scoped_env(**TUNE_ENV, **quiet_tune_env(0), TUNE_GLOBAL_CHECKPOINT_S="0"):
         grid = build_classic_tuner(prepared, request, trainable=trainable).fit()
-    print(json.dumps({"rows": len(store.rows()), "grid": len(grid),
-                      "snapshot": snapshot_trials(Path(request.experiment_path))}))
+    snapshot = tune_snapshot(Path(request.experiment_path))["snapshot_trials"]
+    print(json.dumps({"rows": len(store.rows()), "grid": len(grid), "snapshot": snapshot}))
     store.close()
     ray.shutdown()
     return 0

@@ -22,9 +22,10 @@ from yolo_ray.cluster.trial_retirement import (RetireRecordedTrials, retire_befo
                                                retire_recorded)
 from yolo_ray.cluster.tuner import _ASHA, _FIFO
 from yolo_ray.evolve.store import EvolutionStore
-from yolo_ray.train.results import RESULT_KEYS
 
-from .retire_run import snapshot_trials
+from bench.scale import tune_snapshot
+
+from .test_tuner_trainable import results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,8 +125,7 @@ def test_the_searcher_releases_only_recorded_trials_it_no_longer_waits_on(tmp_pa
     s = EvolveSearcher(ga, tmp_path, target_rows=5, clock=lambda: 1.0)
     for trial_id in ("t0", "t1", "t2", "t3"):
         assert s.suggest(trial_id) is not None
-    values = (0.5, 0.5, 0.5, 0.3, 0.05, 0.03, 0.01)
-    s.on_trial_complete("t0", dict(zip(RESULT_KEYS, values)) | {"final": True})
+    s.on_trial_complete("t0", results(0.3) | {"final": True})
     s.on_trial_complete("t1", error=True)               # recorded as failed
     s.defer_failures = True
     s.on_trial_complete("t2", error=True)               # waits for its reason
@@ -162,14 +162,14 @@ def recorded(run: Path) -> tuple[list[str], list[float]]:
 def test_a_run_keeps_its_rows_while_tune_forgets_recorded_trials(tmp_path):
     out = finish(retire_run(tmp_path, 10, 2))
     assert out == {"rows": 10, "grid": 2, "snapshot": 2}   # Tune holds the 2 kept trials
-    ids, errors = recorded(tmp_path / "run")
+    ids, errors = recorded(tmp_path / "classic")
     assert len(ids) == len(set(ids)) == 10
     assert max(map(abs, errors)) < 1e-6                    # each row its own trial's result
 
 
 @pytest.mark.ray
 def test_a_driver_killed_after_retiring_trials_resumes_to_exact_rows(tmp_path):
-    run = tmp_path / "run"
+    run = tmp_path / "classic"
     first = retire_run(tmp_path, 12, 1)
     deadline = time.time() + 180
     while time.time() < deadline and first.poll() is None:
@@ -183,7 +183,7 @@ def test_a_driver_killed_after_retiring_trials_resumes_to_exact_rows(tmp_path):
     before, _ = recorded(run)
     assert 5 <= len(before) < 12
     # Without retirement it would hold every recorded trial and the running ones.
-    assert snapshot_trials(run / "ray") < len(before)
+    assert tune_snapshot(run / "ray")["snapshot_trials"] < len(before)
     out = finish(retire_run(tmp_path, 12, 1, "--resume"))
     assert out["rows"] == 12 and out["snapshot"] == 1
     ids, errors = recorded(run)
