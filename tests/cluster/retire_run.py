@@ -4,14 +4,16 @@ as a script, so a test can SIGKILL its driver and resume it (test_trial_retireme
     python -m tests.cluster.retire_run ROOT ROWS KEEP [--resume]
 
 Runs in ROOT/classic; prints one JSON line: rows in evolve.csv, trials in Tune's last
-snapshot and in its grid.
+snapshot and in its grid, and the most Trial objects alive in the driver during the fit.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,15 @@ def sleeping_trial(config: dict) -> None:
     tune.report(results(fit) | {"fitness": fit, "epoch": 1, "final": True})
 
 
+def most_trials_alive(stop: threading.Event, seen: list[int]) -> None:
+    """Every 0.2 s until `stop`: the Trial objects still reachable in this process."""
+    from ray.tune.experiment import Trial
+
+    while not stop.wait(0.2):
+        gc.collect()  # count what something holds, not cycles awaiting collection
+        seen.append(sum(isinstance(o, Trial) for o in gc.get_objects()))
+
+
 def main(argv: list[str]) -> int:
     import ray
     from ray import tune
@@ -52,10 +63,17 @@ def main(argv: list[str]) -> int:
     prepared = PreparedRun(request, ga, store, rows)
     trainable = tune.with_resources(sleeping_trial, {"cpu": 1})
     # A snapshot at every step: each one retires what it can.
+    stop, seen = threading.Event(), [0]
+    sampler = threading.Thread(target=most_trials_alive, args=(stop, seen), daemon=True)
     with scoped_env(**TUNE_ENV, **quiet_tune_env(0), TUNE_GLOBAL_CHECKPOINT_S="0"):
-        grid = build_classic_tuner(prepared, request, trainable=trainable).fit()
+        tuner = build_classic_tuner(prepared, request, trainable=trainable)
+        sampler.start()
+        grid = tuner.fit()
+    stop.set()
+    sampler.join()
     snapshot = tune_snapshot(Path(request.experiment_path))["snapshot_trials"]
-    print(json.dumps({"rows": len(store.rows()), "grid": len(grid), "snapshot": snapshot}))
+    print(json.dumps({"rows": len(store.rows()), "grid": len(grid), "snapshot": snapshot,
+                      "held": max(seen)}))
     store.close()
     ray.shutdown()
     return 0

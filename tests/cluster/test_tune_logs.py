@@ -1,4 +1,5 @@
-"""Tune's per-trial result.json across a trial's restarts (tune_logs.py)."""
+"""Tune's per-trial result.json across a trial's restarts, and the loggers and progress
+printer letting go of ended trials (tune_logs.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ pytest.importorskip("ray.tune")
 import pyarrow.fs
 from ray.tune.logger import JsonLoggerCallback
 
-from yolo_ray.cluster.tune_logs import SessionCSVLogger, SessionJsonLogger, trial_loggers
+from yolo_ray.cluster.tune_logs import (
+    EndedTrialProgress, SessionCSVLogger, SessionJsonLogger, progress_printers, trial_loggers,
+)
 
 
 class LoggedTrial:
@@ -98,3 +101,52 @@ def test_a_trial_restarted_after_its_end_logs_on_without_a_second_header(tmp_pat
         log.log_trial_end(trial, failed=epoch == 1)
     assert Path(trial.local_path, "progress.csv").read_text().splitlines() == [
         "epoch", "1", "2"]
+
+
+class PrintedTrial:
+    """What Tune's progress printer reads of a Trial."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.last_result, self.config, self.local_path = name, {}, {}, "staging"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("end", ["complete", "error"])
+def test_an_ended_trial_is_not_held_by_the_progress_printer(end):
+    import gc
+    import weakref
+
+    printer, trial = EndedTrialProgress(), PrintedTrial("t0")
+    for epoch in (1, 2):
+        trial.last_result = {"training_iteration": epoch, "fitness": 0.5, "done": epoch == 2}
+        printer.on_trial_result(epoch, [trial], trial, trial.last_result)
+    getattr(printer, f"on_trial_{end}")(2, [trial], trial)
+    alive = weakref.ref(trial)
+    del trial
+    gc.collect()
+    assert alive() is None  # Tune's own keeps five dicts and a set per Trial for good
+
+
+def test_the_progress_printer_prints_a_trial_s_end_once(capsys):
+    from ray.tune.utils import log as tune_log
+
+    before = tune_log.verbosity
+    tune_log.set_verbosity(tune_log.Verbosity.V2_TRIAL_NORM)  # one line per result
+    try:
+        printer, trial = EndedTrialProgress(), PrintedTrial("t0")
+        trial.last_result = {"training_iteration": 3, "fitness": 0.5, "done": True}
+        printer.on_trial_result(3, [trial], trial, trial.last_result)
+        printer.on_trial_complete(3, [trial], trial)
+    finally:
+        tune_log.set_verbosity(before)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "t0" in line]
+    assert len(lines) == 1 and "completed" in lines[0]
+
+
+def test_runs_use_the_progress_printer_tune_would_add(monkeypatch):
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")   # our runs below --verbose 2
+    assert [type(cb) for cb in progress_printers(0)] == [EndedTrialProgress]
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")   # Tune's new engine: its own reporter
+    assert progress_printers(1) == []

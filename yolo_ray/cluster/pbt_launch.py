@@ -180,7 +180,7 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
     from .pbt_trainable import DEVICE_POLICY_KEY, INTERVAL_KEY, SETTINGS_KEY
     from .progress import ProgressCallback
     from .scheduler import MEMBER_KEY
-    from .tune_logs import trial_loggers
+    from .tune_logs import progress_printers, trial_loggers
     from .tuner import trial_dirname, trial_name
 
     trainable = build_trainable(request) if trainable is None else trainable
@@ -191,7 +191,8 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
                                       resume_unfinished=True, resume_errored=True)
         _restart_if_nothing_ran(request, store)
     scheduler = build_scheduler(request, plan, build_space(request), base_hyp(request), store)
-    callbacks: list[Any] = [*trial_loggers(),
+    verbose = 0 if request.verbose < 2 else 1
+    callbacks: list[Any] = [*trial_loggers(), *progress_printers(verbose),
                             ProgressCallback(store, plan.rows, request.max_concurrent)]
     if request.tensorboard:
         callbacks.append(MemberTensorBoard(request.tb_dir, store))
@@ -209,7 +210,7 @@ def build_pbt_tuner(request: EvolveRequest, plan: PBTPlan, store: EvolutionStore
                 num_to_keep=NUM_TO_KEEP_ASYNC if request.pbt_async else NUM_TO_KEEP,
                 checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
-            callbacks=callbacks, verbose=0 if request.verbose < 2 else 1),
+            callbacks=callbacks, verbose=verbose),
     )
 
 

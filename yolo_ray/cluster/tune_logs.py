@@ -1,5 +1,5 @@
 """Tune's per-trial result.json and progress.csv, without the lines Tune drops when a trial
-restarts, and without holding every ended Trial.
+restarts, and Tune's progress printer, neither holding every ended Trial.
 
 Tune's JSON logger copies a trial's result.json back from storage every time the trial
 starts with a checkpoint. The driver writes that file in its staging folder and syncs it to
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.tune.experimental.output import get_air_verbosity
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 
 class _RestoreOncePerSession:
@@ -60,3 +62,34 @@ def trial_loggers() -> list[Any]:
     """The per-trial file loggers every run uses (Tune's TensorBoard copy is left out: ours
     is richer)."""
     return [SessionJsonLogger(), SessionCSVLogger()]
+
+
+class EndedTrialProgress(TrialProgressCallback):
+    """Tune's own progress printer (the one it adds when RAY_AIR_NEW_OUTPUT=0), letting go of
+    a trial once it ends.
+
+    Tune's keeps five dicts and a set keyed by Trial for the whole run, so every Trial the
+    run ever had stayed alive and trial_retirement freed nothing: 759 of 900 ended classic
+    trials still held at 140 s of a 1200-trial run, ~0.16 MB each (benchmarks.md).
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_complete(iteration, trials, trial, **info)
+        self._forget(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_error(iteration, trials, trial, **info)
+        self._forget(trial)  # a retried trial starts over: first result printed, as new
+
+    def _forget(self, trial: Any) -> None:
+        for held in (self._last_print, self._last_print_iteration, self._last_result_str,
+                     self._last_result):
+            held.pop(trial, None)
+        self._completed_trials.discard(trial)
+
+
+def progress_printers(verbose: int) -> list[Any]:
+    """The progress printer Tune would add itself for `verbose`, as one that forgets ended
+    trials; none where Tune uses its new output engine (it keys by trial id, holding no
+    Trial). Call where the run's environment is set: Tune reads RAY_AIR_NEW_OUTPUT."""
+    return [EndedTrialProgress()] if get_air_verbosity(verbose) is None else []

@@ -24,7 +24,7 @@ from .progress import ProgressCallback
 from .request import EvolveRequest, EvolveSummary
 from .searcher import EvolveSearcher
 from .tune_failures import CountFailuresOnce
-from .tune_logs import trial_loggers
+from .tune_logs import progress_printers, trial_loggers
 from .trainable import (
     METRIC,
     MODE,
@@ -134,7 +134,8 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
     searcher = EvolveSearcher(prepared.ga, request.run_dir, prepared.target_rows)
     faults.attach(searcher.store)  # tests only: inert unless $YOLO_RAY_FAULTS names a plan
     limiter = ConcurrencyLimiter(searcher, max_concurrent=limiter_size(request.max_concurrent))
-    callbacks: list[Any] = [*trial_loggers(),
+    verbose = 0 if request.verbose < 2 else 1
+    callbacks: list[Any] = [*trial_loggers(), *progress_printers(verbose),
                             FailureReasonCallback(searcher), CheckpointCleanupCallback(),
                             ProgressCallback(searcher.store, prepared.target_rows,
                                              request.max_concurrent)]
@@ -152,7 +153,7 @@ def build_classic_tuner(prepared: PreparedRun, request: EvolveRequest,
             # Trials checkpoint every epoch; the newest is all a retry needs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=request.max_failures),
-            callbacks=callbacks, verbose=0 if request.verbose < 2 else 1),
+            callbacks=callbacks, verbose=verbose),
     )
 
 
