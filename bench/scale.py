@@ -23,7 +23,7 @@ Measured from the trials' own timestamps and the driver process:
     tune     classic: trials in Tune's last experiment snapshot and its size, Trial objects
              and GC-tracked objects the driver holds after the run (`--retire-baseline` also
              runs with Tune holding every ended trial; `--keep-finished N` sets how many it
-             keeps, trial_retirement)
+             keeps, trial_retirement; `--no-trim` leaves freed C heap resident, driver_heap)
     waits    PBT: a member's mean time between its rounds, before / after the round's last end
 
     python bench/scale.py                                   # both, default sizes
@@ -57,6 +57,7 @@ import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
+from unittest import mock
 
 import numpy as np
 
@@ -97,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "Tune holds (default the run's, tune_keep_finished)")
     p.add_argument("--retire-baseline", action="store_true", help="classic: also run with "
                    "Tune holding every ended trial (no trial retirement), for comparison")
+    p.add_argument("--no-trim", dest="trim", action="store_false",
+                   help="classic: leave glibc's freed heap resident (no malloc_trim at Tune's "
+                   "snapshots, driver_heap); compare in separate processes, as a run reuses "
+                   "the heap an earlier one freed")
     p.add_argument("--plot", default=str(DOCS / "scale_driver.png"), help="'' for none")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--profile", default=None, metavar="PREFIX", help="cProfile the driver "
@@ -412,7 +417,11 @@ def run_classic(args: argparse.Namespace, root: Path, retire: bool = True) -> di
         {"cpu": 1, "gpu": 1})
 
     def fit() -> Any:
-        with scoped_env(**TUNE_ENV, **quiet_tune_env(0)):
+        from yolo_ray.cluster import driver_heap
+
+        untrimmed = mock.patch.object(driver_heap, "release_free_heap", lambda: False)
+        with scoped_env(**TUNE_ENV, **quiet_tune_env(0)), \
+                (contextlib.nullcontext() if args.trim else untrimmed):
             return build_classic_tuner(prepared, request, trainable=trainable).fit()
 
     m = measure(fit, store.csv_path, args.trials, profile_path(args, "classic"))

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ray.tune.experiment import Trial
 
+from . import driver_heap
 from .controller_swap import swap_controller_method, unwrap_controller
 from .request import KEEP_FINISHED
 
@@ -74,11 +75,13 @@ def retire_before_snapshots(tune_controller: Any) -> None:
 
 
 def _retiring_save(cls: type) -> Callable[..., None]:
-    """`cls.save_to_dir` that first retires the recorded trials beyond the kept ones."""
+    """`cls.save_to_dir` that first retires the recorded trials beyond the kept ones, and
+    then hands the heap they and the snapshot freed back to the OS."""
     def save_to_dir(self: Any) -> None:
         keep = getattr(self._scheduler_alg, "keep_finished", KEEP_FINISHED)
         retire_recorded(self, int(keep))
         cls.save_to_dir(self)
+        driver_heap.release_free_heap()  # at Tune's snapshot period: >= 10 s apart
     return save_to_dir
 
 
