@@ -126,7 +126,7 @@ def test_an_ended_trial_is_not_held_by_the_progress_printer(end):
     alive = weakref.ref(trial)
     del trial
     gc.collect()
-    assert alive() is None  # Tune's own keeps five dicts and a set per Trial for good
+    assert alive() is None  # Tune's own keeps four dicts and a set per Trial for good
 
 
 def test_the_progress_printer_prints_a_trial_s_end_once(capsys):
