@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stat", choices=("median", "min"), default="min",
                    help="per-variant timing statistic (min: the least disturbed by other "
                         "processes on a shared box, as timeit recommends)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads for validation/fine-tuning")
+    p.add_argument("--speed-threads", type=int, nargs="+", default=[1, 2],
+                   help="torch threads for the batch-1 timing (1: no OpenMP wake-ups)")
     p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     return p.parse_args(argv)
@@ -115,9 +117,16 @@ def measure(model, method: str, amount: float, loader) -> dict:
     return row
 
 
-def format_table(rows: list[dict], sizes: list[int], markdown: bool) -> str:
+def speed_label(cfg: tuple[int, int], cfgs: list[tuple[int, int]]) -> str:
+    """'@320' or, when several thread counts are timed, '@320 1t'."""
+    one = len({t for _, t in cfgs}) == 1
+    return f"@{cfg[0]}" if one else f"@{cfg[0]} {cfg[1]}t"
+
+
+def format_table(rows: list[dict], sizes: list[tuple[int, int]], markdown: bool) -> str:
     head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640"]
-    head += [h for n in sizes for h in (f"CPU ms/img b1 @{n}", f"speed-up @{n}")]
+    head += [h for n in sizes for h in (f"CPU ms/img b1 {speed_label(n, sizes)}",
+                                        f"speed-up {speed_label(n, sizes)}")]
     head += ["mAP50", "mAP50-95", "mAP50-95 vs none"]
     base = rows[0]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -197,18 +206,22 @@ def main(argv: list[str] | None = None) -> int:
             variants += finetuned(model, variants, args, Path(tmp))
         torch.set_num_threads(args.threads)  # the trainer may have changed it
     rows = [measure(v, m, a, loader) for m, a, v in variants]
-    for n in args.speed_img:
+    cfgs = [(n, t) for n in args.speed_img for t in args.speed_threads]
+    for n, t in cfgs:
+        torch.set_num_threads(t)
         for row, ms in zip(rows, infer_ms([v for *_, v in variants], n, args.speed_rounds,
                                           args.speed_runs, args.stat)):
-            row.setdefault("ms", {})[n] = ms
+            row.setdefault("ms", {})[(n, t)] = ms
+    torch.set_num_threads(args.threads)
     ft = (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
           if args.finetune_epochs and not args.no_map else "no fine-tuning")
     print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
           f"{'/'.join(map(str, args.speed_img))} ({args.stat} of {args.speed_rounds}×"
-          f"{args.speed_runs}), {args.threads} threads "
+          f"{args.speed_runs}, {'/'.join(map(str, args.speed_threads))} threads), "
+          f"{args.threads} threads for val "
           f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {ft}; load average "
           f"{load0:.2f} → {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
-    print(format_table(rows, args.speed_img, args.markdown))
+    print(format_table(rows, cfgs, args.markdown))
     return 0
 
 

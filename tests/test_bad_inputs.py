@@ -107,6 +107,27 @@ def flag_prune_out_of_range(e: Env) -> Expect:
 
 
 @case
+def flag_distill_gain_negative(e: Env) -> Expect:
+    return Expect(train(e, "--distill-gain", "-1"), "--distill-gain must be >= 0, got -1.0",
+                  absent=[e.tmp / "runs"])
+
+
+@case
+def flag_distill_teacher_missing(e: Env) -> Expect:
+    return Expect(train(e, "--distill", str(e.tmp / "teacher.pt")),
+                  f"weights file not found: {e.tmp / 'teacher.pt'}", absent=[e.tmp / "runs"])
+
+
+@case
+def flag_prune_calib_images_negative(e: Env) -> Expect:
+    weights = write(e.tmp / "w.pt", b"not read: the flags are checked first")
+    return Expect(["prune", "--weights", str(weights), "--data", str(e.data), "--method",
+                   "channel", "--calib-images", "-1", "--project", str(e.tmp / "runs")],
+                  "--calib-images must be >= 0, got -1", keep=[weights],
+                  absent=[e.tmp / "runs"])
+
+
+@case
 def flag_generations_zero(e: Env) -> Expect:
     return Expect(evolve(e, "--generations", "0"), "--generations must be >= 1, got 0",
                   absent=[e.tmp / "runs"])

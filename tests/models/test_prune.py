@@ -337,6 +337,29 @@ def test_channel_importances_and_scopes(base_model, importance):
             plan_channel_prune(base_model, 0.25, "activation")
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_channel_divisor_keeps_multiples(base_model, scope):
+    """divisor 16 (oneDNN's fp32 block on AVX-512): every pruned group keeps a multiple of 16
+    channels, and the total removed stays the amount's (to the nearest 16-channel chunk)."""
+    firsts = [ps[0] for ps in build_graph(base_model).producers.values() if ps]
+    width = {p: base_model.get_submodule(p).bn.num_features for p in firsts}
+
+    def kept(plan):
+        return {p: len(plan.keep[p]) if p in plan.keep else width[p] for p in firsts}
+
+    target = sum(round(0.3 * w) for w in width.values())
+    exact = kept(plan_channel_prune(base_model, 0.3, scope=scope))
+    assert sum(width.values()) - sum(exact.values()) == target
+    k16 = kept(plan_channel_prune(base_model, 0.3, scope=scope, divisor=16))
+    assert all(k % 16 == 0 or k == width[p] for p, k in k16.items())
+    assert sum(k < width[p] for p, k in k16.items()) >= 10
+    if scope == "layer":  # the multiple of 16 nearest each group's exact count
+        assert all(k16[p] == min(width[p], max(16, round(exact[p] / 16) * 16)) for p in firsts)
+    else:
+        assert abs(sum(width.values()) - sum(k16.values()) - target) <= 8
+        assert all(k16[p] >= width[p] // 2 for p in firsts)  # max_frac = 0.5
+
+
 OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "weights" / "yolov5n.pt"
 IMAGE = OFFICIAL.parents[1] / "datasets" / "coco128" / "images" / "train2017" / "000000000009.jpg"
 

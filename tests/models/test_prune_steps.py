@@ -109,3 +109,28 @@ def test_cli_rejects_steps_without_channel(tmp_path, capsys):
         "yolo-ray: error: --steps > 1 needs --method channel and --finetune-epochs >= 1 "
         "(gradual pruning fine-tunes after every step)")
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_prune_refits_and_distills(tmp_path, synthetic_data, tiny_model_yaml, caplog):
+    """--calib-images: the pruned convs are refitted on training images before saving;
+    --distill: the fine-tune learns from the unpruned weights; --channel-multiple 8 keeps
+    multiples of 8 in every pruned layer."""
+    import logging
+
+    model = build_model(str(tiny_model_yaml), nc=3)
+    weights = save_checkpoint(tmp_path / "base.pt", {
+        "model": model.state_dict(), "yaml": dict(model.yaml), "nc": 3,
+        "names": ["a", "b", "c"], "epoch": -1})
+    req = _request(tmp_path, str(weights), str(synthetic_data), amount=0.5, scope="layer",
+                   calib_images=4, distill=True, divisor=8)
+    with caplog.at_level(logging.INFO, logger="yolo_ray"):
+        rows = run_prune(req)
+    assert rows[1].params < rows[0].params
+    log = caplog.text
+    assert "Refitted " in log and "on 4 training images" in log
+    assert f"Distilling from {weights}" in log
+    pruned = load_model_for_inference(str(req.out / "pruned.pt"))
+    widths = {n: m.conv.out_channels for n, m in model.named_modules() if hasattr(m, "bn")}
+    cut = {n: m.conv.out_channels for n, m in pruned.named_modules()
+           if hasattr(m, "bn") and m.conv.out_channels != widths[n]}
+    assert cut and all(c % 8 == 0 for c in cut.values())

@@ -37,6 +37,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", dest="prune_amount", type=float, default=0.0)
     p.add_argument("--prune-method", default="l1", choices=("l1", "global-l1", "channel"))
     p.add_argument("--prune-at", default="end", choices=("end", "start"))
+    p.add_argument("--distill", default=None, metavar="WEIGHTS",
+                   help="teacher checkpoint: add its head outputs as soft targets (e.g. the "
+                        "unpruned weights when fine-tuning a channel-pruned model)")
+    p.add_argument("--distill-gain", type=float, default=1.0)
     p.add_argument("--cache", nargs="?", const="ram", default="", help="cache images in RAM")
     p.add_argument("--project", default=None)
     p.add_argument("--name", default="exp")
@@ -85,7 +89,7 @@ def settings_from_args(a: argparse.Namespace, project: str = "runs/train"):
         patience=a.patience, workers=a.workers, device=a.device, threads=a.threads,
         seed=a.seed, freeze=_freeze_values(a.freeze), freeze_bn_stats=a.freeze_bn_stats,
         prune_amount=a.prune_amount, prune_method=a.prune_method, prune_at=a.prune_at,
-        cache=a.cache, project=a.project or project, name=a.name, exist_ok=a.exist_ok,
+        distill=a.distill, distill_gain=a.distill_gain, cache=a.cache, project=a.project or project, name=a.name, exist_ok=a.exist_ok,
         label_smoothing=a.label_smoothing, noval=a.noval, nosave=a.nosave, rect=a.rect,
         multi_scale=a.multi_scale, single_cls=a.single_cls, save_period=a.save_period,
         tensorboard=a.tensorboard, progress=a.progress,

@@ -137,6 +137,8 @@ class TrainSettings:
     prune_amount: float = 0.0
     prune_method: str = "l1"
     prune_at: str = "end"
+    distill: str | None = None                # teacher weights: its head's outputs as soft
+    distill_gain: float = 1.0                 # targets (fine-tuning a pruned model)
     cache: str = ""                           # "" or "ram"
     project: str = "runs/train"
     name: str = "exp"
@@ -173,6 +175,8 @@ class TrainSettings:
                 f"--prune-method {self.prune_method!r} is not one of {', '.join(PRUNE_METHODS)}")
         if self.prune_at not in PRUNE_AT:
             raise ConfigError(f"--prune-at {self.prune_at!r} is not one of {', '.join(PRUNE_AT)}")
+        if not self.distill_gain >= 0.0:
+            raise ConfigError(f"--distill-gain must be >= 0, got {self.distill_gain}")
         if any(isinstance(i, int) and i < 0 for i in self.freeze):
             raise ConfigError(f"--freeze values must be >= 0, got {list(self.freeze)}")
         if self.cache not in ("", "ram"):

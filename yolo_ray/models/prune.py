@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import ConfigError
 from .freeze import is_fused
 from .prune_channel import IMPORTANCE, PLAN_FORMAT, ChannelPlan, plan_channel_prune, step_ratios
+from .prune_reconstruct import LayerFit, reconstruct_pruned
 from .prune_surgery import apply_channel_plan, rebuild_from_plan
 
 __all__ = ["IMPORTANCE", "METHODS", "PLAN_FORMAT", "ChannelPlan", "MaskKeeper", "PruneResult",
@@ -202,6 +203,7 @@ class PruneResult:
     amount: float
     plan: dict[str, Any] | None = None   # channel plan (as_dict) to save with the checkpoint
     mask_keeper: MaskKeeper | None = None
+    fits: tuple[LayerFit, ...] = ()      # channel with reconstruct=True: one per refitted conv
 
     def summary(self) -> str:
         """One log line: before → after."""
@@ -213,7 +215,8 @@ class PruneResult:
 
 def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks: bool = False,
                 importance: str = "l1", imgsz: int | None = 640,
-                calib: Any = None, scope: str = "global") -> PruneResult:
+                calib: Any = None, scope: str = "global",
+                reconstruct: bool = False, divisor: int = 1) -> PruneResult:
     """Plan and apply pruning in one call; `model` itself is not modified.
 
     Args:
@@ -225,15 +228,23 @@ def prune_model(model: nn.Module, amount: float, method: str = "l1", keep_masks:
         scope: for 'channel': 'global' (lowest importance network-wide) or 'layer' (every
             group loses `amount` of its channels), see `plan_channel_prune`.
         calib: for 'channel': calibration images (N, 3, H, W) in [0, 1] (or an iterable of
-            batches) for importance 'activation' and for the removed channels' mean values.
+            batches) for importance 'activation', for the removed channels' mean values and
+            for `reconstruct`.
+        divisor: for 'channel': kept counts are multiples of it (see `plan_channel_prune`).
+        reconstruct: for 'channel': refit every conv after the surgery, layer by layer, to
+            the unpruned model's outputs on `calib` (least squares; see `prune_reconstruct`).
     """
     check_prune_args(amount, method)
+    if reconstruct and (method != "channel" or calib is None):
+        raise ConfigError("reconstruction is for --method channel and needs calibration "
+                          "images")
     before = sparsity_report(model, imgsz)
     if method == "channel":
-        plan = plan_channel_prune(model, amount, importance, calib=calib, scope=scope)
+        plan = plan_channel_prune(model, amount, importance, divisor, calib, scope)
         new = apply_channel_plan(model, plan, calib=calib)
+        fits = tuple(reconstruct_pruned(model, new, plan.keep, calib)) if reconstruct else ()
         return PruneResult(new, before, sparsity_report(new, imgsz), method, amount,
-                           plan=new.channel_plan.as_dict())
+                           plan=new.channel_plan.as_dict(), fits=fits)
     masks = plan_unstructured(model, amount, method)
     prior = getattr(model, "channel_plan", None)  # an earlier channel pruning stays in force
     plan = prior.as_dict() if prior else None

@@ -6,6 +6,7 @@ the surgery that applies a plan in `prune_surgery`.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -48,28 +49,47 @@ class ChannelPlan:
 
 def _global_keep(groups: dict[int, int], score_of: dict[int, torch.Tensor], n_remove: int,
                  max_frac: float, divisor: int) -> dict[int, int]:
-    """Channels kept per group when the `n_remove` lowest scores network-wide go, no group
-    losing more than `max_frac` of its width (nor all of it); counts rounded up to `divisor`."""
-    roots = list(groups)
-    floor = {r: max(1, math.ceil(groups[r] * (1 - max_frac))) for r in roots}
-    if not roots:
-        return {}
-    allv = torch.cat([score_of[r].float() for r in roots])
-    owner = torch.cat([torch.full((groups[r],), i) for i, r in enumerate(roots)]).tolist()
-    keep, removed = dict(groups), 0
-    for j in torch.argsort(allv, stable=True).tolist():
-        if removed >= n_remove:
-            break
-        r = roots[owner[j]]
-        if keep[r] > floor[r]:
-            keep[r] -= 1
-            removed += 1
-    return {r: min(groups[r], math.ceil(k / divisor) * divisor) for r, k in keep.items()}
+    """Channels kept per group when about `n_remove` of the lowest scores network-wide go.
+
+    Removal is by chunks: a group gives up its least important `divisor` channels at a time
+    (its first chunk aligns it to a multiple of `divisor`), the chunk with the lowest mean
+    score first, so every count that changes stays a multiple of `divisor`; no group loses
+    more than `max_frac` of its width (nor all of it). Stops at the chunk count nearest
+    `n_remove`. With divisor 1 this is the plain network-wide ranking.
+    """
+    keep = dict(groups)
+    floor = {r: min(w, math.ceil(max(1, math.ceil(w * (1 - max_frac))) / divisor) * divisor)
+             for r, w in groups.items()}
+    ranked = {r: torch.sort(score_of[r].float(), stable=True).values.tolist() for r in groups}
+
+    def chunk(r: int) -> tuple[float, int] | None:
+        size = keep[r] % divisor or divisor
+        if keep[r] - size < floor[r]:
+            return None
+        gone = groups[r] - keep[r]
+        return sum(ranked[r][gone:gone + size]) / size, size
+
+    heap = [(c[0], r, c[1]) for r in groups if (c := chunk(r)) is not None]
+    heapq.heapify(heap)
+    removed = 0
+    while heap and removed < n_remove:
+        _, r, size = heapq.heappop(heap)
+        if removed + size - n_remove > n_remove - removed:
+            break  # this chunk would overshoot by more than stopping here falls short
+        keep[r] -= size
+        removed += size
+        if (c := chunk(r)) is not None:
+            heapq.heappush(heap, (c[0], r, c[1]))
+    return keep
 
 
 def _n_keep(width: int, amount: float, divisor: int) -> int:
+    """Kept channels of a `width` group losing `amount` of them: at least 1; with a divisor,
+    the multiple of `divisor` nearest that count (at least `divisor`, at most `width`)."""
     n = max(1, width - round(amount * width))
-    return min(width, math.ceil(n / divisor) * divisor)
+    if divisor == 1 or n == width:
+        return n
+    return min(width, max(divisor, round(n / divisor) * divisor))
 
 
 def plan_channel_prune(model: nn.Module, amount: float, importance: str = "l1",
@@ -79,9 +99,12 @@ def plan_channel_prune(model: nn.Module, amount: float, importance: str = "l1",
 
     A group is a set of conv outputs that must share channels: a plain conv output, or a
     C3 chain joined by residual adds (cv1 and every Bottleneck.cv2). scope 'layer': each group
-    keeps max(1, width − round(amount·width)) channels (rounded up to `divisor`) with the
-    largest importance; 'global' (default): the same total number of channels goes, the
-    lowest-importance ones network-wide, no group losing more than `max_frac` of its width.
+    keeps max(1, width − round(amount·width)) channels (the nearest multiple of `divisor`)
+    with the largest importance; 'global' (default): the same total number of channels goes,
+    the lowest-importance ones network-wide (in chunks of `divisor` per group), no group
+    losing more than `max_frac` of its width. `divisor` > 1 keeps counts where vectorised
+    kernels are efficient: oneDNN blocks fp32 channels by 16 on AVX-512 CPUs and by 8 on
+    AVX2 (a 16 → 11 cut computes as 16 there), tensor cores like multiples of 8.
     Importance:
 
     - 'l1' (default): mean |w| per filter. With scope 'global' it is the best of these on
@@ -115,10 +138,11 @@ def plan_channel_prune(model: nn.Module, amount: float, importance: str = "l1",
     score_of = {r: (scores.get(r, torch.zeros(w)) if importance in ("perturb", "activation")
                     else sum(channel_score(mods[p], importance) for p in g.producers[r]))
                 for r, w in groups.items()}
-    n_keep = {r: _n_keep(w, amount, divisor) for r, w in groups.items()}
     if scope == "global":
-        n_keep = _global_keep(groups, score_of, sum(groups.values()) - sum(n_keep.values()),
-                              max_frac, divisor)
+        n_remove = sum(w - _n_keep(w, amount, 1) for w in groups.values())
+        n_keep = _global_keep(groups, score_of, n_remove, max_frac, divisor)
+    else:
+        n_keep = {r: _n_keep(w, amount, divisor) for r, w in groups.items()}
     for root, width in groups.items():
         n = n_keep[root]
         if n >= width:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config.schema import Hyp
 from ..errors import YoloRayError
+from .distill import Distiller
 from .ema import ModelEMA
 from .optim import apply_warmup
 
@@ -51,6 +52,7 @@ class EpochContext:
     after_step: Callable[[], None] | None = None   # e.g. re-apply pruning masks
     progress: bool = False
     channels_last: bool = False
+    distiller: Distiller | None = None             # teacher soft targets added to the loss
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,10 @@ def train_one_epoch(ctx: EpochContext) -> EpochStats:
         if ctx.multi_scale:
             x = _multi_scale(x, ctx)
         with torch.autocast(ctx.device.type, enabled=ctx.amp and ctx.device.type == "cuda"):
-            loss, items = ctx.compute_loss(ctx.model(x), targets.to(ctx.device))
+            preds = ctx.model(x)
+            loss, items = ctx.compute_loss(preds, targets.to(ctx.device))
+            if ctx.distiller is not None:
+                loss = loss + ctx.distiller.loss(x, preds)
         if not torch.isfinite(loss).all():
             what = "NaN" if torch.isnan(loss).any() else "infinite"
             raise NonFiniteLossError(

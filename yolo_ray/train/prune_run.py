@@ -46,6 +46,9 @@ class PruneRequest:
     workers: int = 2
     steps: int = 1          # channel: prune in this many steps, fine-tuning after each
     scope: str = "global"   # channel: allocation, see plan_channel_prune
+    calib_images: int = 0   # channel: refit the pruned convs on this many training images
+    distill: bool = False   # fine-tune with the unpruned model's head as soft targets
+    divisor: int = 1        # channel: kept counts are multiples of this
 
 
 def check_prune_request(req: PruneRequest) -> None:
@@ -55,6 +58,10 @@ def check_prune_request(req: PruneRequest) -> None:
     if req.steps > 1 and (req.method != "channel" or req.finetune_epochs < 1):
         raise ConfigError("--steps > 1 needs --method channel and --finetune-epochs >= 1 "
                           "(gradual pruning fine-tunes after every step)")
+    if req.divisor < 1:
+        raise ConfigError(f"--channel-multiple must be >= 1, got {req.divisor}")
+    if req.calib_images < 0:
+        raise ConfigError(f"--calib-images must be >= 0, got {req.calib_images}")
     if req.scope not in ("global", "layer"):
         raise ConfigError(f"--scope {req.scope!r} is not 'global' or 'layer'")
 
@@ -93,10 +100,15 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     names = list(getattr(model, "names", []))
     ratios = step_ratios(req.amount, req.steps) if req.method == "channel" else [req.amount]
     tuned_path = None
+    fit = req.method == "channel" and req.calib_images > 0
     for k, ratio in enumerate(ratios, 1):
         if tuned_path is not None:
             model = load_model_for_inference(str(tuned_path))
-        result = prune_model(model, ratio, req.method, imgsz=req.val.imgsz, scope=req.scope)
+        calib = calibration_images(req) if fit else None
+        result = prune_model(model, ratio, req.method, imgsz=req.val.imgsz, scope=req.scope,
+                             calib=calib, reconstruct=fit, divisor=req.divisor)
+        if result.fits:
+            LOGGER.info(_fit_summary(result.fits, req.calib_images))
         LOGGER.info(f"Pruned ({req.method}, step {k}/{len(ratios)}: {ratio:.3f} of what was "
                     f"left): {result.summary()}")
         pruned_path = save_pruned(req.out / "pruned.pt", result.model, meta_yaml, names,
@@ -115,6 +127,25 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     return rows
 
 
+def calibration_images(req: PruneRequest) -> list[torch.Tensor]:
+    """The first `req.calib_images` training images, letterboxed at the val size, in [0, 1]."""
+    from ..config.load import load_data_config
+    from ..data.loader import create_val_loader
+    from ..models.prune_reconstruct import calibration_batches
+
+    loader = create_val_loader(load_data_config(req.val.data), req.val.imgsz, req.batch_size,
+                               split="train", workers=req.workers,
+                               log=lambda *a, **k: None)
+    return calibration_batches((imgs for imgs, *_ in loader), req.calib_images)
+
+
+def _fit_summary(fits, n_images: int) -> str:
+    before = sum(f.error_before for f in fits) / len(fits)
+    after = sum(f.error_after for f in fits) / len(fits)
+    return (f"Refitted {len(fits)} convs to the unpruned outputs on {n_images} training "
+            f"images: mean residual {before:.3f} -> {after:.3f} of each layer's output variance")
+
+
 def finetune_pruned(req: PruneRequest, pruned_path: Path, name: str = "finetune") -> Path:
     """Fine-tune `pruned_path` (run folder `req.out / name`) and return its last.pt, the
     pruning kept: masks re-applied after every step (unstructured), or the smaller
@@ -128,7 +159,7 @@ def finetune_pruned(req: PruneRequest, pruned_path: Path, name: str = "finetune"
         device=req.val.device, workers=req.workers, project=str(req.out), name=name,
         exist_ok=True, prune_amount=req.amount if unstructured else 0.0,
         prune_method=req.method if unstructured else "l1", prune_at="start", progress=False,
-        noval=True, patience=0)
+        noval=True, patience=0, distill=req.val.weights if req.distill else None)
     result = Trainer(settings, load_hyp(req.hyp)).fit()
     assert result.last is not None
     return result.last

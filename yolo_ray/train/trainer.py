@@ -18,11 +18,13 @@ from .. import __version__
 from ..config.load import load_data_config
 from ..config.schema import Hyp, TrainSettings
 from ..data.loader import build_dataloader, create_train_loader, create_val_loader
+from ..errors import ConfigError
 from ..models import freeze as freeze_ops
 from ..models import prune as prune_ops
 from .assemble import (build_run_model, make_save_dir, names_for, select_device,
                        set_threads)
 from .checkpoint import half_state_dict, save_checkpoint
+from .distill import Distiller
 from .ema import ModelEMA
 from .fitness import fitness
 from .loop import EpochContext, train_one_epoch
@@ -94,6 +96,7 @@ class Trainer:
         self._build_data()
         self._build_optim()
         self.compute_loss = ComputeLoss(self.model, self.hyp, s.imgsz, s.label_smoothing)
+        self.distiller = self._build_distiller()
         if resume_state is not None:
             self._load_train_state(resume_state)
         self._open_logs()
@@ -115,6 +118,24 @@ class Trainer:
         self.mask_keeper = report.mask_keeper
         self.prune_plan = report.plan or self.prune_plan
         LOGGER.info(f"Pruned at start ({s.prune_method}, {s.prune_amount}): {report.summary()}")
+
+    def _build_distiller(self) -> Distiller | None:
+        s = self.settings
+        if not s.distill:
+            return None
+        from .val_run import load_model_for_inference
+
+        teacher = load_model_for_inference(s.distill).float().to(self.device)
+        if self.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        head, t_head = self.model.model[-1], teacher.model[-1]
+        shape = (head.nc, head.na, head.nl, [int(v) for v in self.model.stride])
+        t_shape = (t_head.nc, t_head.na, t_head.nl, [int(v) for v in teacher.stride])
+        if t_shape != shape:  # the outputs must line up anchor by anchor
+            raise ConfigError(f"--distill {s.distill}: the teacher's head (classes, anchors, "
+                              f"levels, strides) is {t_shape}, the model's {shape}")
+        LOGGER.info(f"Distilling from {s.distill} (gain {s.distill_gain})")
+        return Distiller(teacher, s.distill_gain)
 
     def _apply_freeze(self) -> Any:
         s = self.settings
@@ -229,7 +250,7 @@ class Trainer:
             accumulate=self.accumulate, last_opt_step=self.last_opt_step, imgsz=s.imgsz,
             grid=self.grid, amp=self.amp, multi_scale=s.multi_scale, rng=self.rng,
             after_step=self.mask_keeper.apply if self.mask_keeper else None,
-            progress=s.progress, channels_last=self.channels_last)
+            progress=s.progress, channels_last=self.channels_last, distiller=self.distiller)
 
     def validate(self, model: torch.nn.Module | None = None) -> ValResult:
         """Validate the EMA model (or `model`) on the val set with YOLOv5's thresholds."""
