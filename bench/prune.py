@@ -3,11 +3,12 @@
 For each method and amount: parameters, sparsity (YOLOv5's, over all parameters, and over
 conv weights), conv GFLOPs at 640, CPU inference ms/img at batch 1 for each --speed-img
 (BN-fused model, forward only, NMS excluded as in YOLOv5's speed figures; fastest of all
-forwards (--stat), variants timed round-robin) with the speed-up over the unpruned model,
-and mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf 0.001, IoU 0.6).
-Pruning is applied to the
-released weights; then every channel variant is also fine-tuned --finetune-epochs K (5) epochs
-on coco128 (`yolo-ray prune --finetune-epochs`'s path) and measured again ('+K ep' rows).
+forwards (--stat), variants timed round-robin, at each --speed-threads) with the speed-up
+over the unpruned model, and mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf
+0.001, IoU 0.6). Pruning is applied to the released weights; channel variants keep multiples
+of --divisor channels per layer and are refitted layer by layer on --calib-images training
+images (`yolo-ray prune`'s path); then every channel variant is also fine-tuned
+--finetune-epochs K (5) epochs on coco128 and measured again ('+K ep' rows).
 Channel amount = the fraction of prunable output channels removed ('channel': the lowest-L1
 channels network-wide, at most half of any layer; 'channel/layer': that fraction of every
 layer).
@@ -41,9 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="image sizes for the CPU timing")
     p.add_argument("--scopes", nargs="+", default=["global", "layer"],
                    help="channel allocation scopes to run (global, layer)")
+    p.add_argument("--divisor", type=int, default=None,
+                   help="channel: kept counts are multiples of this (default: oneDNN's block "
+                        "on this CPU, 16 with AVX-512, else 8)")
+    p.add_argument("--calib-images", type=int, default=128,
+                   help="channel: refit the pruned convs on this many training images "
+                        "(`yolo-ray prune --calib-images`; 0: surgery only)")
     p.add_argument("--finetune-epochs", type=int, default=5,
                    help="also fine-tune every channel variant this many epochs at --img "
                         "(0 or --no-map: skip)")
+    p.add_argument("--finetune-hyp", default=None,
+                   help="hyp yaml for the fine-tunes (default hyp.scratch-low: mosaic etc.)")
     p.add_argument("--batch", type=int, default=16, help="validation batch size")
     p.add_argument("--speed-rounds", type=int, default=4, help="round-robin timing rounds")
     p.add_argument("--speed-runs", type=int, default=4, help="batch-1 forwards per round")
@@ -123,12 +132,27 @@ def speed_label(cfg: tuple[int, int], cfgs: list[tuple[int, int]]) -> str:
     return f"@{cfg[0]}" if one else f"@{cfg[0]} {cfg[1]}t"
 
 
+def _suffix(method: str) -> str:
+    """' +30 ep' for a fine-tuned row's label, '' otherwise."""
+    return method[method.index(" +"):] if " +" in method else ""
+
+
+def _alike(row: dict, refs: dict[str, dict]) -> str:
+    """mAP50-95 over the unpruned model's after the same fine-tune (coco128's train = val
+    rewards memorising, so a fine-tuned row is compared with a fine-tuned reference too)."""
+    ref = refs.get(_suffix(row["method"]))
+    if not _suffix(row["method"]) or ref is None or row["map"] is None or not ref["map"]:
+        return "n/a"
+    return f"{row['map'] / ref['map']:.2f}"
+
+
 def format_table(rows: list[dict], sizes: list[tuple[int, int]], markdown: bool) -> str:
     head = ["method", "amount", "params", "sparsity (all)", "sparsity (conv)", "GFLOPs@640"]
     head += [h for n in sizes for h in (f"CPU ms/img b1 {speed_label(n, sizes)}",
                                         f"speed-up {speed_label(n, sizes)}")]
-    head += ["mAP50", "mAP50-95", "mAP50-95 vs none"]
+    head += ["mAP50", "mAP50-95", "mAP50-95 vs none", "vs none fine-tuned alike"]
     base = rows[0]
+    tuned_ref = {_suffix(r["method"]): r for r in rows if r["method"].startswith("none")}
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines = []
     for r in rows:
@@ -137,7 +161,8 @@ def format_table(rows: list[dict], sizes: list[tuple[int, int]], markdown: bool)
                       f"{r['sparsity_all']:.3f}", f"{r['sparsity_conv']:.3f}", f"{r['gflops']:.2f}"]
                      + [x for n in sizes for x in (f"{r['ms'][n]:.1f}",
                                                    f"{base['ms'][n] / r['ms'][n]:.2f}×")]
-                     + [fmt(r["map50"]), fmt(r["map"]), "n/a" if rel is None else f"{rel:.2f}"])
+                     + [fmt(r["map50"]), fmt(r["map"]), "n/a" if rel is None else f"{rel:.2f}",
+                        _alike(r, tuned_ref)])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(out + ["| " + " | ".join(x) + " |" for x in lines])
@@ -145,22 +170,49 @@ def format_table(rows: list[dict], sizes: list[tuple[int, int]], markdown: bool)
     return "\n".join("  ".join(x.rjust(n) for x, n in zip(row, w)) for row in [head, *lines])
 
 
+def default_divisor() -> int:
+    """oneDNN's fp32 channel block on this CPU: 16 with AVX-512, else 8."""
+    import torch
+
+    return 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+
+
+def calibration(args) -> list:
+    """The first --calib-images training images at --img (`yolo-ray prune`'s own choice)."""
+    from yolo_ray.config.load import load_data_config
+    from yolo_ray.data.loader import create_val_loader
+    from yolo_ray.models.prune_reconstruct import calibration_batches
+
+    loader = create_val_loader(load_data_config(args.data), args.img, args.batch, stride=32,
+                               workers=0, split="train", log=lambda *a, **k: None)
+    return calibration_batches((b for b, *_ in loader), args.calib_images)
+
+
 def prune_variants(model, args) -> list[tuple[str, float, object]]:
     """(label, amount, pruned model) for every method × amount (× scope for 'channel')."""
     from yolo_ray.models.prune import prune_model
 
+    # (timing alone does not depend on the weights: no refit with --no-map)
+    calib = (calibration(args) if args.calib_images > 0 and "channel" in args.methods
+             and not args.no_map else None)
     out = []
     for m in args.methods:
         scopes = args.scopes if m == "channel" else ["global"]
         for scope in scopes:
             label = m if scope == "global" else f"{m}/{scope}"
-            out += [(label, a, prune_model(model, a, m, imgsz=None, scope=scope).model.eval())
-                    for a in args.amounts]
+            for a in args.amounts:
+                t = time.perf_counter()
+                kw = dict(calib=calib, reconstruct=calib is not None,
+                          divisor=args.divisor) if m == "channel" else {}
+                out.append((label, a, prune_model(model, a, m, imgsz=None, scope=scope,
+                                                  **kw).model.eval()))
+                print(f"# pruned {label} {a}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return out
 
 
 def finetuned(model, variants, args, out_dir: Path) -> list[tuple[str, float, object]]:
-    """Every channel variant fine-tuned `args.finetune_epochs` epochs on the data at --img."""
+    """The unpruned model (the same protocol's reference) and every channel variant
+    fine-tuned `args.finetune_epochs` epochs on the data at --img with --finetune-hyp."""
     from yolo_ray.train.prune_run import PruneRequest, finetune_pruned, save_pruned
     from yolo_ray.train.val_run import ValRequest, load_model_for_inference
 
@@ -168,10 +220,10 @@ def finetuned(model, variants, args, out_dir: Path) -> list[tuple[str, float, ob
                      batch_size=args.batch * 2, device="cpu", workers=2)
     out = []
     for i, (label, amount, v) in enumerate(variants):
-        if not label.startswith("channel"):
+        if not (label.startswith("channel") or label == "none"):
             continue
         req = PruneRequest(val, amount, "channel", out_dir / f"{i}", args.finetune_epochs,
-                           batch_size=args.batch, workers=2)
+                           hyp=args.finetune_hyp, batch_size=args.batch, workers=2)
         path = save_pruned(req.out / "pruned.pt", v, model.yaml, list(model.names), amount,
                            "channel")
         t = time.perf_counter()
@@ -195,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from yolo_ray.data.loader import create_val_loader
 
     torch.set_num_threads(args.threads)
+    args.divisor = args.divisor or default_divisor()
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     model = load_model(args.weights)
     loader = None if args.no_map else create_val_loader(
@@ -213,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                                           args.speed_runs, args.stat)):
             row.setdefault("ms", {})[(n, t)] = ms
     torch.set_num_threads(args.threads)
-    ft = (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
+    ch = (f"channel: kept counts multiples of {args.divisor}, "
+          + (f"refitted on {args.calib_images} training images" if args.calib_images > 0
+             else "surgery only") + "; ")
+    ft = ch + (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
           if args.finetune_epochs and not args.no_map else "no fine-tuning")
     print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
           f"{'/'.join(map(str, args.speed_img))} ({args.stat} of {args.speed_rounds}×"
