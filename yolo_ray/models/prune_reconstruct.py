@@ -88,10 +88,10 @@ def _fit_conv(original: nn.Module, pruned: nn.Module, path: str, out_idx: list[i
     # A constant goes into the conv's bias, or into the BN that follows it (its running mean).
     has_const = conv.bias is not None or bn is not None
     d = conv.weight[0].numel() + int(has_const)
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    cross = torch.zeros(len(out_idx) if out_idx is not None else conv.out_channels, d,
-                        dtype=torch.float64)
-    y_sum = y_sq = torch.zeros((), dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=conv.weight.device)  # the model's device (GPU too)
+    gram = torch.zeros(d, d, **f64)
+    cross = torch.zeros(len(out_idx) if out_idx is not None else conv.out_channels, d, **f64)
+    y_sum = y_sq = torch.zeros((), **f64)
     n = 0
     for x in batches:
         cols = _columns(_capture(pruned, path, x, True), conv, has_const)
@@ -101,7 +101,7 @@ def _fit_conv(original: nn.Module, pruned: nn.Module, path: str, out_idx: list[i
         cross += y @ cols.T
         y_sum, y_sq, n = y_sum + y.sum(1), y_sq + (y * y).sum(1), n + y.shape[1]
     w0 = conv.weight.detach().flatten(1).double()
-    const0 = torch.zeros(w0.shape[0], 1, dtype=torch.float64)
+    const0 = torch.zeros(w0.shape[0], 1, **f64)
     if conv.bias is not None:
         const0 = conv.bias.detach().double()[:, None]
     elif bn is not None:  # the surgery's mean compensation, as a constant added before the BN
@@ -112,7 +112,7 @@ def _fit_conv(original: nn.Module, pruned: nn.Module, path: str, out_idx: list[i
     # Ridge towards the surgery's weights: layers with few positions (deep, low resolution)
     # would otherwise overfit the calibration images.
     reg = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    a = gram + reg * torch.eye(d, dtype=torch.float64)
+    a = gram + reg * torch.eye(d, **f64)
     fit = torch.linalg.solve(a, (cross + reg * start).T).T
     total = (y_sq - y_sum * y_sum / n).sum().clamp_min(1e-12)
 
