@@ -19,6 +19,8 @@ from yolo_ray.models.prune_graph import build_graph
 from yolo_ray.models.prune_surgery import _apply_inplace
 from yolo_ray.models.yolo import build_model
 
+from .conftest import random_bn_statistics
+
 
 @pytest.fixture(scope="module")
 def base_model():
@@ -237,17 +239,7 @@ def test_channel_prune_l1_importance_and_freeze(base_model):
 def trained_like(base_model):
     """base_model in float64 (exactness tests: no float32 round-off amplified through a random
     net) with non-trivial BN affine parameters and running statistics."""
-    model = copy.deepcopy(base_model).double().eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.3 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-    return model
+    return random_bn_statistics(copy.deepcopy(base_model).double().eval(), seed=1)
 
 
 def _group_of(model, path):

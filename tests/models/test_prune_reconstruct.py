@@ -14,21 +14,13 @@ from yolo_ray.models.prune_reconstruct import (calibration_batches, conv_order,
                                                reconstruct_pruned)
 from yolo_ray.models.yolo import build_model
 
+from .conftest import random_bn_statistics
+
 
 @pytest.fixture(scope="module")
 def model():
     """yolov5n (3 classes) in float64 with non-trivial BN statistics, as a trained net has."""
-    m = build_model("yolov5n", nc=3).double().eval()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                n = mod.num_features
-                mod.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                mod.bias.copy_(0.3 * torch.randn(n, generator=gen))
-                mod.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                mod.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-    return m
+    return random_bn_statistics(build_model("yolov5n", nc=3).double().eval(), seed=3)
 
 
 def _x(seed: int, bs: int = 2, imgsz: int = 64) -> torch.Tensor:
