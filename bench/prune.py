@@ -177,24 +177,15 @@ def default_divisor() -> int:
     return 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
 
 
-def calibration(args) -> list:
-    """The first --calib-images training images at --img (`yolo-ray prune`'s own choice)."""
-    from yolo_ray.config.load import load_data_config
-    from yolo_ray.data.loader import create_val_loader
-    from yolo_ray.models.prune_reconstruct import calibration_batches
-
-    loader = create_val_loader(load_data_config(args.data), args.img, args.batch, stride=32,
-                               workers=0, split="train", log=lambda *a, **k: None)
-    return calibration_batches((b for b, *_ in loader), args.calib_images)
-
-
 def prune_variants(model, args) -> list[tuple[str, float, object]]:
     """(label, amount, pruned model) for every method × amount (× scope for 'channel')."""
     from yolo_ray.models.prune import prune_model
+    from yolo_ray.train.prune_run import calibration_images
 
     # (timing alone does not depend on the weights: no refit with --no-map)
-    calib = (calibration(args) if args.calib_images > 0 and "channel" in args.methods
-             and not args.no_map else None)
+    calib = (calibration_images(args.data, args.img, args.calib_images, args.batch)
+             if args.calib_images > 0 and "channel" in args.methods and not args.no_map
+             else None)
     out = []
     for m in args.methods:
         scopes = args.scopes if m == "channel" else ["global"]

@@ -101,10 +101,11 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     ratios = step_ratios(req.amount, req.steps) if req.method == "channel" else [req.amount]
     tuned_path = None
     fit = req.method == "channel" and req.calib_images > 0
+    calib = (calibration_images(req.val.data, req.val.imgsz, req.calib_images, req.batch_size,
+                                req.workers) if fit else None)  # the same images every step
     for k, ratio in enumerate(ratios, 1):
         if tuned_path is not None:
             model = load_model_for_inference(str(tuned_path))
-        calib = calibration_images(req) if fit else None
         result = prune_model(model, ratio, req.method, imgsz=req.val.imgsz, scope=req.scope,
                              calib=calib, reconstruct=fit, divisor=req.divisor)
         if result.fits:
@@ -127,16 +128,16 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
     return rows
 
 
-def calibration_images(req: PruneRequest) -> list[torch.Tensor]:
-    """The first `req.calib_images` training images, letterboxed at the val size, in [0, 1]."""
+def calibration_images(data: str, imgsz: int, n: int, batch_size: int = 16,
+                       workers: int = 0) -> list[torch.Tensor]:
+    """The first `n` training images of the data yaml, letterboxed at `imgsz`, in [0, 1]."""
     from ..config.load import load_data_config
     from ..data.loader import create_val_loader
     from ..models.prune_reconstruct import calibration_batches
 
-    loader = create_val_loader(load_data_config(req.val.data), req.val.imgsz, req.batch_size,
-                               split="train", workers=req.workers,
-                               log=lambda *a, **k: None)
-    return calibration_batches((imgs for imgs, *_ in loader), req.calib_images)
+    loader = create_val_loader(load_data_config(data), imgsz, batch_size, split="train",
+                               workers=workers, log=lambda *a, **k: None)
+    return calibration_batches((imgs for imgs, *_ in loader), n)
 
 
 def _fit_summary(fits, n_images: int) -> str:
