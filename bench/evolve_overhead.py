@@ -9,12 +9,18 @@ records (suggestion in the searcher, loop start/end in the trial, row written by
     after  = row written - loop end      (final report, Tune bookkeeping, store append)
     share  = (before + after) / (row written - suggestion)
 
-"Loop" is Trainer.fit(): every epoch plus the final validation. Beside each setting, the same
+"Loop" is Trainer.fit(): every epoch plus the final validation; of it, the seconds spent on
+checkpoints (save, and the report that carries it) and inside tune.report (which returns only
+once the driver has taken the result: the trial's core waits meanwhile). Beside each setting, the same
 trials run in SLOTS bare processes (multiprocessing, no Ray, no Tune): the machine's own
 concurrency ceiling, so "2 slots vs 1" can be read against what two processes get here at all. The first trial of each slot
 starts a cold Ray worker (process spawn, torch import), later ones reuse it (reuse_actors), so
 both are reported. Trials/hour = trials / (last row written - first suggestion); the warm figure
-leaves out the cold first trial of each slot.
+leaves out the cold first trial of each slot. The steady figure counts trials (fractionally, by
+time) inside the window where every slot runs warm trials, from the last cold trial's end to the
+first time a slot runs out of work: a short run's start and tail, where one slot is still cold or
+already idle, would otherwise weigh on the 2-slot figure only (in a 300-generation run they are
+a few trials of hundreds).
 
     python bench/evolve_overhead.py                 # the run recorded in docs/benchmarks.md
     python bench/evolve_overhead.py --generations 4 --epochs 2 --img 64
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -61,15 +68,32 @@ def trial_overheads(timings: tuple[dict[str, float], ...]) -> list[dict[str, flo
         out.append({"before": before, "after": after, "loop": t["loop_end"] - t["loop_start"],
                     "spawn": t["trial_start"] - t["suggested"],
                     "setup": t["loop_start"] - t["trial_start"],
-                    "checkpoint": t.get("checkpoint", 0.0),
+                    "checkpoint": t.get("checkpoint", 0.0), "report": t.get("report", 0.0),
                     "total": total, "share": (before + after) / total,
                     "suggested": t["suggested"], "recorded": t["recorded"]})
     return out
 
 
+def steady_rate(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Trials/hour inside [start, end]: each (begin, finish) span counts its share of time there."""
+    if end <= start:
+        return math.nan
+    done = sum(max(0.0, min(f, end) - max(b, start)) / (f - b) for b, f in spans if f > b)
+    return 3600 * done / (end - start)
+
+
+def steady_window(first_spans: list[tuple[float, float]], spans: list[tuple[float, float]]
+                  ) -> tuple[float, float]:
+    """From the end of the last slot's first (cold) trial to the first finish after the last
+    trial began: in between every slot is busy with warm trials."""
+    last_begin = max(b for b, _ in spans)
+    return max(f for _, f in first_spans), min(f for _, f in spans if f > last_begin)
+
+
 def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
     """Cold (first trial per slot) vs warm medians and throughput."""
     cold, warm = trials[:slots], trials[slots:] or trials[:slots]
+    spans = [(t["suggested"], t["recorded"]) for t in trials]
     span = max(t["recorded"] for t in trials) - min(t["suggested"] for t in trials)
 
     def med(rows: list[dict[str, float]], k: str) -> float:
@@ -81,10 +105,11 @@ def summarize(trials: list[dict[str, float]], slots: int) -> dict[str, float]:
         "slots": slots, "trials": len(trials), "span_s": span,
         "trials_per_hour": 3600 * len(trials) / span,
         "warm_trials_per_hour": 3600 * len(warm) / warm_span,
+        "steady_trials_per_hour": steady_rate(spans, *steady_window(spans[:slots], spans)),
         "cold_before_s": med(cold, "before"), "cold_after_s": med(cold, "after"),
         "warm_before_s": med(warm, "before"), "warm_after_s": med(warm, "after"),
         "warm_loop_s": med(warm, "loop"), "warm_share": med(warm, "share"),
-        "warm_checkpoint_s": med(warm, "checkpoint"),
+        "warm_checkpoint_s": med(warm, "checkpoint"), "warm_report_s": med(warm, "report"),
         "cold_spawn_s": med(cold, "spawn"), "cold_setup_s": med(cold, "setup"),
         "warm_spawn_s": med(warm, "spawn"), "warm_setup_s": med(warm, "setup"),
         "cold_share": med(cold, "share"),
@@ -122,9 +147,9 @@ def bare_trials(request: Any, seeds: list[int]) -> list[tuple[float, float]]:
 
 
 def run_bare(args: argparse.Namespace, data: str, root: Path, config: str, tag: str = ""
-             ) -> float:
-    """Warm trials/hour of the same trials in SLOTS plain processes (first trial each left out:
-    process start and imports, as a cold Ray worker)."""
+             ) -> tuple[float, float]:
+    """Warm and steady trials/hour of the same trials in SLOTS plain processes (first trial of
+    each left out: process start and imports, as a cold Ray worker)."""
     import multiprocessing as mp
 
     request = make_request(args, data, root, config, tag)
@@ -133,7 +158,9 @@ def run_bare(args: argparse.Namespace, data: str, root: Path, config: str, tag: 
     with mp.get_context("spawn").Pool(slots) as pool:
         spans = pool.starmap(bare_trials, [(request, s) for s in seeds])
     warm = [span for per_proc in spans for span in per_proc[1:]]
-    return 3600 * len(warm) / (max(e for _, e in warm) - min(s for s, _ in warm))
+    start, end = max(p[0][1] for p in spans), min(p[-1][1] for p in spans)
+    return (3600 * len(warm) / (max(e for _, e in warm) - min(s for s, _ in warm)),
+            steady_rate([span for p in spans for span in p], start, end))
 
 
 def run_once(args: argparse.Namespace, data: str, root: Path, config: str, tag: str = ""
@@ -151,7 +178,8 @@ def run_once(args: argparse.Namespace, data: str, root: Path, config: str, tag: 
 
 
 def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
-    header = ("| slots × CPUs | trials | trials/hour (warm only) | loop (warm; of which checkpoints) "
+    header = ("| slots × CPUs | trials | trials/hour (warm only; steady) | loop (warm; of which "
+              "checkpoints; in tune.report) "
               "| before loop cold / warm "
               "(start + setup) | after loop cold / warm | outside share warm (all) | "
               "projected, 60 s trial |")
@@ -159,8 +187,10 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
     for r in results:
         lines.append(
             f"| {int(r['slots'])} × {int(r['cpus'])} | {int(r['trials'])} | "
-            f"{r['trials_per_hour']:.0f} ({r['warm_trials_per_hour']:.0f}) | "
-            f"{r['warm_loop_s']:.1f} s ({r['warm_checkpoint_s']:.2f} s) | {r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
+            f"{r['trials_per_hour']:.0f} ({r['warm_trials_per_hour']:.0f}; "
+            f"{r['steady_trials_per_hour']:.0f}) | "
+            f"{r['warm_loop_s']:.1f} s ({r['warm_checkpoint_s']:.2f}; {r['warm_report_s']:.2f} s) | "
+            f"{r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
             f"{r['cold_setup_s']:.1f}) / {r['warm_before_s']:.2f} ({r['warm_spawn_s']:.2f} + "
             f"{r['warm_setup_s']:.2f}) s | "
             f"{r['cold_after_s']:.2f} / {r['warm_after_s']:.2f} s | "
@@ -171,24 +201,29 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
 
 
 def concurrency_table(results: list[dict[str, float]]) -> str:
-    """Ours vs bare processes per setting and round; speed-ups against the first setting."""
-    lines = ["| round | slots × CPUs | ours, warm trials/hour | bare processes, warm trials/hour "
-             "| ours / bare | speed-up vs first setting: ours | bare |",
-             "|---|---|---|---|---|---|---|"]
+    """Ours vs bare processes per setting and round, steady (and whole-span) trials/hour, and
+    speed-ups against the first setting of the same round."""
+    lines = ["| round | slots × CPUs | ours, trials/hour steady (span) | bare processes, "
+             "trials/hour steady (span) | ours / bare, steady | speed-up vs first setting: "
+             "ours, steady (span) | bare, steady (span) |", "|---|---|---|---|---|---|---|"]
     first = results[0]["config"]
-    speedups: dict[str, list[tuple[float, float]]] = {}
+    speedups: dict[str, list[tuple[float, ...]]] = {}
+    keys = ("steady_trials_per_hour", "warm_trials_per_hour",
+            "bare_steady_trials_per_hour", "bare_warm_trials_per_hour")
     for r in results:
         base = next(b for b in results if b["round"] == r["round"] and b["config"] == first)
-        ours, bare = r["warm_trials_per_hour"], r["bare_warm_trials_per_hour"]
-        up = (ours / base["warm_trials_per_hour"], bare / base["bare_warm_trials_per_hour"])
+        up = tuple(r[k] / base[k] for k in keys)
         speedups.setdefault(r["config"], []).append(up)
-        lines.append(f"| {int(r['round'])} | {int(r['slots'])} × {int(r['cpus'])} | {ours:.0f} | "
-                     f"{bare:.0f} | {ours / bare:.2f} | {up[0]:.2f}× | {up[1]:.2f}× |")
+        o, ow, b, bw = (r[k] for k in keys)
+        lines.append(f"| {int(r['round'])} | {int(r['slots'])} × {int(r['cpus'])} | {o:.0f} "
+                     f"({ow:.0f}) | {b:.0f} ({bw:.0f}) | {o / b:.2f} | {up[0]:.2f}× "
+                     f"({up[1]:.2f}×) | {up[2]:.2f}× ({up[3]:.2f}×) |")
     for config, ups in speedups.items():
         if config != first:
-            lines.append(f"\nMedian speed-up of {config} over {first}: ours "
-                         f"{statistics.median(u[0] for u in ups):.2f}×, bare processes "
-                         f"{statistics.median(u[1] for u in ups):.2f}× ({len(ups)} round(s)).")
+            med = [statistics.median(u[i] for u in ups) for i in range(4)]
+            lines.append(f"\nMedian speed-up of {config} over {first} ({len(ups)} round(s)): "
+                         f"ours {med[0]:.2f}× steady ({med[1]:.2f}× over the whole span), bare "
+                         f"processes {med[2]:.2f}× ({med[3]:.2f}×).")
     return "\n".join(lines)
 
 
@@ -214,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                     tag = f"-r{k}" if args.rounds > 1 else ""
                     results.append(run_once(args, data, root, c, tag) | {"round": k, "config": c})
                     if args.bare:
-                        results[-1]["bare_warm_trials_per_hour"] = run_bare(args, data, root,
-                                                                            c, tag)
+                        warm, steady = run_bare(args, data, root, c, tag)
+                        results[-1] |= {"bare_warm_trials_per_hour": warm,
+                                        "bare_steady_trials_per_hour": steady}
         finally:
             ray.shutdown()
     print("python bench/evolve_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -179,3 +179,25 @@ def test_asha_early_stopped_rows(ray_fake_gpus, tmp_path: Path, synthetic_data,
     header = (tmp_path / "asha" / "hyp_evolve.yaml").read_text().splitlines()
     best = int(next(x for x in header if x.startswith("# Best generation:")).split(":")[1])
     assert statuses[best] == "finished"  # an early-stopped row is never the best
+
+
+def test_trial_timings_split_the_loop_into_checkpoints_and_report_waits(
+        ray_fake_gpus, tmp_path: Path, synthetic_data, tiny_model_yaml) -> None:
+    """summary.timings (bench/evolve_overhead.py's source): per trial the suggestion, loop and
+    row times, seconds spent checkpointing and seconds blocked in tune.report."""
+    from yolo_ray.cluster.launch import run_classic
+    from yolo_ray.cluster.request import EvolveRequest
+    from yolo_ray.config.load import load_hyp
+
+    request = EvolveRequest(
+        run_dir=tmp_path / "run", data=str(synthetic_data), hyp=load_hyp(None),
+        cfg=str(tiny_model_yaml), strategy="classic", epochs=3, generations=1, imgsz=64,
+        batch_size=8, workers=0, cpus_per_trial=1, max_concurrent=1, gpus_per_trial=0.0,
+        device_policy="cpu", tensorboard=False, verbose=0)
+    summary = run_classic(request)
+    (t,) = summary.timings
+    assert t["suggested"] <= t["trial_start"] <= t["loop_start"] < t["loop_end"] <= t["recorded"]
+    loop = t["loop_end"] - t["loop_start"]
+    # Two intermediate reports (epochs 1 and 2; the last is reported after the loop), the
+    # first always with a checkpoint: both waits are inside the loop and take time.
+    assert 0 < t["report"] < loop and 0 < t["checkpoint"] < loop

@@ -193,6 +193,7 @@ def trial_timings(grid: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, f
         end = recorded.get(str(m.get("trial_id")))
         row["recorded"] = float(end) if end is not None else math.nan
         row["checkpoint"] = float(m.get("checkpoint_s", 0.0))
+        row["report"] = float(m.get("report_s", 0.0))
         out.append(row)
     return tuple(out)
 
