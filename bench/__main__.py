@@ -51,7 +51,7 @@ BENCHES = (
     Bench("train_throughput", ("--repeats", "1", "--images", "128"),
           ("--repeats", "5", "--images", "256")),
     Bench("evolve_overhead", ("--generations", "3", "--epochs", "1", "--configs", "1x1", "2x1"),
-          ("--epochs", "10", "--generations", "16", "--configs", "1x1", "2x1", "--rounds", "3")),
+          ("--epochs", "10", "--generations", "12", "--configs", "1x1", "2x1", "--rounds", "5")),
     Bench("freeze", ("--models", "yolov5n", "--img", "160", "--repeats", "2", "--markdown"),
           ("--markdown",)),
     Bench("prune", ("--amounts", "0.3", "--no-map", "--markdown"), ("--markdown",),
