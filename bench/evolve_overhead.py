@@ -11,11 +11,11 @@ records (suggestion in the searcher, loop start/end in the trial, row written by
 
 "Loop" is Trainer.fit(): every epoch plus the final validation; of it, the seconds spent on
 checkpoints (save, and the report that carries it) and inside tune.report (which returns only
-once the driver has taken the result: the trial's core waits meanwhile). Beside each setting, the same
-trials run in SLOTS bare processes (multiprocessing, no Ray, no Tune): the machine's own
-concurrency ceiling, so "2 slots vs 1" can be read against what two processes get here at all. The first trial of each slot
-starts a cold Ray worker (process spawn, torch import), later ones reuse it (reuse_actors), so
-both are reported. Trials/hour = trials / (last row written - first suggestion); the warm figure
+once the driver has taken the result: the trial's core waits meanwhile). Beside each setting,
+the same trials run in SLOTS bare processes (multiprocessing, no Ray, no Tune): the machine's
+own concurrency ceiling, so "2 slots vs 1" can be read against what two processes get here at
+all. The first trial of each slot starts a cold Ray worker (process spawn, torch import), later
+ones reuse it (reuse_actors), so both are reported. Trials/hour = trials / (last row written - first suggestion); the warm figure
 leaves out the cold first trial of each slot. The steady figure counts trials (fractionally, by
 time) inside the window where every slot runs warm trials, from the last cold trial's end to the
 first time a slot runs out of work: a short run's start and tail, where one slot is still cold or
@@ -189,7 +189,8 @@ def markdown(results: list[dict[str, float]], ray_init_s: float) -> str:
             f"| {int(r['slots'])} × {int(r['cpus'])} | {int(r['trials'])} | "
             f"{r['trials_per_hour']:.0f} ({r['warm_trials_per_hour']:.0f}; "
             f"{r['steady_trials_per_hour']:.0f}) | "
-            f"{r['warm_loop_s']:.1f} s ({r['warm_checkpoint_s']:.2f}; {r['warm_report_s']:.2f} s) | "
+            f"{r['warm_loop_s']:.1f} s ({r['warm_checkpoint_s']:.2f}; "
+            f"{r['warm_report_s']:.2f} s) | "
             f"{r['cold_before_s']:.1f} ({r['cold_spawn_s']:.1f} + "
             f"{r['cold_setup_s']:.1f}) / {r['warm_before_s']:.2f} ({r['warm_spawn_s']:.2f} + "
             f"{r['warm_setup_s']:.2f}) s | "
