@@ -158,6 +158,8 @@ def run_bare(args: argparse.Namespace, data: str, root: Path, config: str, tag: 
     with mp.get_context("spawn").Pool(slots) as pool:
         spans = pool.starmap(bare_trials, [(request, s) for s in seeds])
     warm = [span for per_proc in spans for span in per_proc[1:]]
+    # Not steady_window: each process has its own fixed list (no shared queue as under the
+    # ConcurrencyLimiter), so every process is busy until the first one finishes its list.
     start, end = max(p[0][1] for p in spans), min(p[-1][1] for p in spans)
     return (3600 * len(warm) / (max(e for _, e in warm) - min(s for s, _ in warm)),
             steady_rate([span for p in spans for span in p], start, end))
