@@ -7,13 +7,17 @@ forwards (--stat), variants timed round-robin, at each --speed-threads) with the
 over the unpruned model, and mAP50 / mAP50-95 on coco128 with YOLOv5's val settings (conf
 0.001, IoU 0.6). Pruning is applied to the released weights; channel variants keep multiples
 of --divisor channels per layer and are refitted layer by layer on --calib-images training
-images (`yolo-ray prune`'s path); then every channel variant is also fine-tuned
---finetune-epochs K (5) epochs on coco128 and measured again ('+K ep' rows).
+images (`yolo-ray prune`'s path); then the unpruned model and every channel variant (or those
+of --finetune-amounts) are also fine-tuned --finetune-epochs K (5) epochs and measured again
+('+K ep' rows). coco128's yaml validates on its own training images, which rewards
+memorising them; by default the refit and the fine-tunes therefore use only the
+even-numbered training images and every row is validated on the odd-numbered ones
+(--no-holdout: the yaml's own val images).
 Channel amount = the fraction of prunable output channels removed ('channel': the lowest-L1
 channels network-wide, at most half of any layer; 'channel/layer': that fraction of every
 layer).
 
-    python bench/prune.py --markdown           # the run recorded in docs/benchmarks.md
+    python bench/prune.py --markdown --finetune-epochs 100 --finetune-amounts 0.3 --distill
     python bench/prune.py --amounts 0.3 --methods channel --no-map
 """
 
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=5,
                    help="also fine-tune every channel variant this many epochs at --img "
                         "(0 or --no-map: skip)")
+    p.add_argument("--finetune-amounts", type=float, nargs="+", default=None,
+                   help="fine-tune only the channel variants of these amounts (default: all)")
     p.add_argument("--finetune-hyp", default=None,
                    help="hyp yaml for the fine-tunes (default hyp.scratch-low: mosaic etc.)")
     p.add_argument("--batch", type=int, default=16, help="validation batch size")
@@ -62,9 +68,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads for validation/fine-tuning")
     p.add_argument("--speed-threads", type=int, nargs="+", default=[1, 2],
                    help="torch threads for the batch-1 timing (1: no OpenMP wake-ups)")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="validate on the data yaml's val images (coco128: the same images the "
+                        "refit and fine-tunes use); default: refit and fine-tune on the even-"
+                        "numbered training images, validate every row on the odd-numbered ones")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with the unpruned model's head as soft targets (--distill)")
     p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     return p.parse_args(argv)
+
+
+def holdout_split(data: str, out_dir: Path) -> Path:
+    """A data yaml whose train images are the even-numbered (sorted) training images of `data`
+    and whose val images are the odd-numbered ones: nothing is validated on an image that the
+    refit or a fine-tune has seen (coco128's own yaml validates on its training images)."""
+    import yaml
+
+    from yolo_ray.config.load import load_data_config
+    from yolo_ray.data.files import list_image_files
+
+    cfg = load_data_config(data)
+    images = list_image_files(cfg.train)
+    if len(images) < 2:
+        raise SystemExit(f"{data}: a held-out split needs at least 2 training images")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in (("fit.txt", images[0::2]), ("held_out.txt", images[1::2])):
+        (out_dir / name).write_text("".join(f"{q}\n" for q in part))
+    split = out_dir / "holdout.yaml"
+    split.write_text(yaml.safe_dump({"path": str(out_dir), "train": "fit.txt",
+                                     "val": "held_out.txt", "names": list(cfg.names)}))
+    return split
 
 
 def load_model(weights: str):
@@ -213,8 +247,11 @@ def finetuned(model, variants, args, out_dir: Path) -> list[tuple[str, float, ob
     for i, (label, amount, v) in enumerate(variants):
         if not (label.startswith("channel") or label == "none"):
             continue
+        if label != "none" and args.finetune_amounts and amount not in args.finetune_amounts:
+            continue
         req = PruneRequest(val, amount, "channel", out_dir / f"{i}", args.finetune_epochs,
-                           hyp=args.finetune_hyp, batch_size=args.batch, workers=2)
+                           hyp=args.finetune_hyp, batch_size=args.batch, workers=2,
+                           distill=args.distill)
         path = save_pruned(req.out / "pruned.pt", v, model.yaml, list(model.names), amount,
                            "channel")
         t = time.perf_counter()
@@ -232,22 +269,33 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    """The benchmark, its split yaml and fine-tune runs under `tmp`."""
     import torch
 
     from yolo_ray.config.load import load_data_config
+    from yolo_ray.data.files import list_image_files
     from yolo_ray.data.loader import create_val_loader
 
     torch.set_num_threads(args.threads)
     args.divisor = args.divisor or default_divisor()
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    holdout = not args.no_holdout and not args.no_map
+    if holdout:
+        args.data = str(holdout_split(args.data, tmp / "split"))
+        fit_images = len(list_image_files(load_data_config(args.data).train))
+        args.calib_images = min(args.calib_images, fit_images)  # for the header line
     model = load_model(args.weights)
     loader = None if args.no_map else create_val_loader(
         load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
         log=lambda *a, **k: None)
     variants = [("none", 0.0, model)] + prune_variants(model, args)
     if args.finetune_epochs > 0 and not args.no_map:
-        with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
-            variants += finetuned(model, variants, args, Path(tmp))
+        variants += finetuned(model, variants, args, tmp / "finetune")
         torch.set_num_threads(args.threads)  # the trainer may have changed it
     rows = [measure(v, m, a, loader) for m, a, v in variants]
     cfgs = [(n, t) for n in args.speed_img for t in args.speed_threads]
@@ -260,9 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     ch = (f"channel: kept counts multiples of {args.divisor}, "
           + (f"refitted on {args.calib_images} training images" if args.calib_images > 0
              else "surgery only") + "; ")
-    ft = ch + (f"channel variants also fine-tuned {args.finetune_epochs} epochs at {args.img}"
-          if args.finetune_epochs and not args.no_map else "no fine-tuning")
-    print(f"# {Path(args.weights).name}, coco128 val at {args.img}, CPU batch-1 timing at "
+    which = ("channel variants" if not args.finetune_amounts else "channel variants of "
+             + "/".join(f"{a:g}" for a in args.finetune_amounts))
+    ft = ch + (f"{which} (and the unpruned model) also fine-tuned {args.finetune_epochs} "
+               f"epochs at {args.img}"
+               + (" with --distill" if args.distill else "")
+               if args.finetune_epochs and not args.no_map else "no fine-tuning")
+    split = ("held-out: refit and fine-tunes on the even-numbered images, mAP on the odd-"
+             "numbered ones" if holdout else "mAP on the data yaml's val images")
+    print(f"# {Path(args.weights).name}, {split}, val at {args.img}, CPU batch-1 timing at "
           f"{'/'.join(map(str, args.speed_img))} ({args.stat} of {args.speed_rounds}×"
           f"{args.speed_runs}, {'/'.join(map(str, args.speed_threads))} threads), "
           f"{args.threads} threads for val "

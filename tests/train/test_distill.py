@@ -91,13 +91,31 @@ def test_trainer_with_distill_follows_the_teacher(synthetic_data, tiny_model_yam
                                                       "yaml": yaml, "nc": 3, "epoch": -1})
     hyp = load_hyp().replace(warmup_epochs=0.0)  # 16 images: every step at the full rate
     run = dict(batch_size=64, epochs=10)  # one optimizer step per epoch
-    plain = Trainer(_settings(synthetic_data, tiny_model_yaml, tmp_path, name="plain", **run),
-                    hyp).fit().last
+    plain = Trainer(_settings(synthetic_data, tiny_model_yaml, tmp_path, name="plain",
+                              tensorboard=True, **run), hyp).fit().last
     taught = Trainer(_settings(synthetic_data, tiny_model_yaml, tmp_path, name="taught",
-                               distill=str(path), distill_gain=5.0, **run), hyp).fit().last
+                               distill=str(path), distill_gain=5.0, tensorboard=True, **run),
+                     hyp).fit().last
     # gradient clipping (norm 10) bounds each step: ~0.1 of logit per step towards +4
     gap = math.log(_mean_objectness(taught)) - math.log(_mean_objectness(plain))
     assert gap > 0.5
+    # The teacher term is in TensorBoard (not in results.csv: YOLOv5's columns) and shrinks.
+    taught_curve = _scalars(tmp_path / "taught", "train/distill_loss")
+    assert len(taught_curve) == 10 and all(v > 0 for v in taught_curve)
+    assert taught_curve[-1] < 0.9 * taught_curve[0]  # 79 -> 66 in 10 clipped steps
+    assert _scalars(tmp_path / "plain", "train/distill_loss") == []
+    header = (tmp_path / "taught" / "results.csv").read_text().splitlines()[0]
+    assert "distill" not in header
+
+
+def _scalars(run: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [e.value for e in acc.Scalars(tag)]
 
 
 def test_distill_teacher_must_match_the_head(synthetic_data, tiny_model_yaml, tmp_path):

@@ -64,6 +64,7 @@ class EpochStats:
     last_opt_step: int
     images: int
     batches: int
+    distill_loss: float | None = None   # mean teacher term (--distill), None without a teacher
 
 
 def _multi_scale(imgs: torch.Tensor, ctx: EpochContext) -> torch.Tensor:
@@ -92,6 +93,7 @@ def train_one_epoch(ctx: EpochContext) -> EpochStats:
     nb = len(ctx.loader)  # type: ignore[arg-type]
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     mloss = torch.zeros(3)
+    mdistill = 0.0
     accumulate, last_opt_step, images = ctx.accumulate, ctx.last_opt_step, 0
     epoch_lr = ctx.lr_factor(ctx.epoch)
     bar = _progress(ctx, nb)
@@ -109,7 +111,9 @@ def train_one_epoch(ctx: EpochContext) -> EpochStats:
             preds = ctx.model(x)
             loss, items = ctx.compute_loss(preds, targets.to(ctx.device))
             if ctx.distiller is not None:
-                loss = loss + ctx.distiller.loss(x, preds)
+                taught = ctx.distiller.loss(x, preds)
+                loss = loss + taught
+                mdistill = (mdistill * i + float(taught.detach()) / x.shape[0]) / (i + 1)
         if not torch.isfinite(loss).all():
             what = "NaN" if torch.isnan(loss).any() else "infinite"
             raise NonFiniteLossError(
@@ -124,7 +128,8 @@ def train_one_epoch(ctx: EpochContext) -> EpochStats:
         if ctx.progress:
             bar.set_postfix_str(_postfix(ctx, mloss, targets, x))
     lrs = tuple(float(g["lr"]) for g in ctx.optimizer.param_groups)
-    return EpochStats(tuple(float(v) for v in mloss), lrs, last_opt_step, images, nb)
+    return EpochStats(tuple(float(v) for v in mloss), lrs, last_opt_step, images, nb,
+                      mdistill if ctx.distiller is not None else None)
 
 
 def _progress(ctx: EpochContext, nb: int):

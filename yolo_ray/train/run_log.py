@@ -27,6 +27,8 @@ class EpochRecord:
     epoch_time: float
     images: int
     stop: bool = False              # early stopping decided to stop after this epoch
+    distill_loss: float | None = None  # --distill's teacher term per image (TensorBoard only:
+                                       # results.csv keeps YOLOv5's columns)
 
     def csv_values(self) -> tuple[float, ...]:
         """Values in RESULTS_CSV_KEYS order."""
@@ -92,4 +94,6 @@ def epoch_scalars(record: EpochRecord) -> dict[str, float]:
     """TensorBoard tags for one epoch, named like results.csv columns."""
     values = dict(zip(RESULTS_CSV_KEYS[1:], record.csv_values()[1:]))
     values["metrics/fitness"] = record.fitness
+    if record.distill_loss is not None:
+        values["train/distill_loss"] = record.distill_loss
     return values

@@ -236,7 +236,8 @@ class Trainer:
             self.stop = True
         record = EpochRecord(self.epoch - 1, stats.losses, self.last_metrics, validated,
                              self.last_fitness, self.best_fitness, stats.lrs,
-                             time.perf_counter() - t0, stats.images, self.stop)
+                             time.perf_counter() - t0, stats.images, self.stop,
+                             stats.distill_loss)
         self._record(record, improved)
         return record
 
