@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from torch import nn
 
 from yolo_ray.errors import ConfigError
 from yolo_ray.models.prune import apply_channel_plan, plan_channel_prune, prune_model
-from yolo_ray.models.prune_reconstruct import (calibration_batches, conv_order,
-                                               reconstruct_pruned)
+from yolo_ray.models.prune_reconstruct import (_capture, block_residuals, calibration_batches,
+                                               conv_order, reconstruct_pruned)
 from yolo_ray.models.yolo import build_model
 
 from .conftest import random_bn_statistics
@@ -130,3 +131,53 @@ def test_refitted_bns_hold_their_inputs_statistics(model):
     # keeps ~1e-5 of it in float64)
     assert gaps(refit) < 1e-3
     assert gaps(surgery) > 0.1
+
+
+def test_block_residuals_measure_each_layer_against_the_unpruned_outputs(model):
+    """Nothing pruned: 0 everywhere. Pruned: a block's share equals the residual computed by
+    hand from its outputs over two batches, on the channels the plan kept."""
+    x = [_x(20, 2, 64), _x(21, 3, 64)]
+    same = apply_channel_plan(model, plan_channel_prune(model, 0.0))
+    paths = conv_order(model, x[0])[1:]
+    assert max(block_residuals(model, same, same.channel_plan.keep, paths, x).values()) < 1e-20
+    plan = plan_channel_prune(model, 0.3, scope="layer")
+    pruned = apply_channel_plan(model, plan)
+    got = block_residuals(model, pruned, plan.keep, ["model.6.cv1.conv", "model.24.m.0"], x)
+    assert set(got) == {"model.6.cv1", "model.24.m.0"}
+    for block, idx in (("model.6.cv1", list(plan.keep["model.6.cv1"])), ("model.24.m.0", None)):
+        y = torch.cat([_capture(model, block, b, False) for b in x])
+        y = y[:, idx] if idx is not None else y
+        y_hat = torch.cat([_capture(pruned, block, b, False) for b in x])
+        share = float((y - y_hat).pow(2).sum() / (y - y.mean((0, 2, 3), keepdim=True)).pow(2).sum())
+        assert got[block] == pytest.approx(share, rel=1e-9)
+        assert share > 0.01  # (surgery only: Detect's can exceed 1)
+
+
+def test_refit_check_reports_seen_and_unseen_residuals(model):
+    """Refitted on 2 images, the layers fit those better than 4 others; the log line says so
+    and names the worst layers."""
+    from yolo_ray.train.prune_run import refit_check
+
+    calib, unseen = [_x(30, 2, 64)], [_x(31, 4, 64)]
+    result = prune_model(model, 0.3, "channel", imgsz=None, scope="layer", calib=calib,
+                         reconstruct=True)
+    line = refit_check(model, result, calib, unseen)
+    seen_mean, unseen_mean = (float(v) for v in
+                              re.findall(r"residual ([0-9.]+) on the 2 calibration images, "
+                                         r"([0-9.]+) on 4 validation images", line)[0])
+    assert seen_mean < unseen_mean
+    assert line.count(" -> ") == 3
+
+
+def test_refit_check_line_names_the_worst_layers_and_hints_when_memorised():
+    from yolo_ray.train.prune_run import refit_check_line
+
+    seen = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.1}
+    line = refit_check_line(seen, {"a": 0.9, "b": 0.2, "c": 0.35, "d": 0.25}, 64, 64)
+    assert line.startswith("Refit check: mean layer residual 0.175 on the 64 calibration "
+                           "images, 0.425 on 64 validation images; largest gaps: a 0.10 -> "
+                           "0.90, d 0.10 -> 0.25, c 0.30 -> 0.35")
+    assert line.endswith("(the refit memorised its calibration images: more --calib-images "
+                         "help)")
+    assert "memorised" not in refit_check_line(seen, {k: v * 1.2 for k, v in seen.items()},
+                                               64, 64)

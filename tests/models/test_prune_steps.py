@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_run_prune_refits_and_distills(tmp_path, synthetic_data, tiny_model_yaml
     assert rows[1].params < rows[0].params
     log = caplog.text
     assert "Refitted " in log and "on 4 training images" in log
+    # ...and checked on 4 validation images it did not see (the synthetic set's val split)
+    assert re.search(r"Refit check: mean layer residual [0-9.]+ on the 4 calibration images, "
+                     r"[0-9.]+ on 4 validation images; largest gaps: ", log)
     assert f"Distilling from {weights}" in log
     pruned = load_model_for_inference(str(req.out / "pruned.pt"))
     widths = {n: m.conv.out_channels for n, m in model.named_modules() if hasattr(m, "bn")}

@@ -194,6 +194,56 @@ def reconstruct_pruned(original: nn.Module, pruned: nn.Module, keep: dict[str, t
     return fits
 
 
+@torch.no_grad()
+def block_residuals(original: nn.Module, pruned: nn.Module, keep: dict[str, tuple[int, ...]],
+                    paths: Iterable[str], images: Any) -> dict[str, float]:
+    """Residual share ‖Y − Ŷ‖² / ‖Y − mean(Y)‖² of each layer's output, pruned vs unpruned.
+
+    `paths`: refitted conv paths (`LayerFit.path`); a Conv block's conv is compared after its
+    BN and activation (the block's output, on the channels `keep` kept), any other conv
+    (Detect's) as it is. On images the refit did not see, this is what tells a calibration
+    set that was large enough from one the deep, low-resolution layers memorised.
+    """
+    targets = {}
+    for path in paths:
+        block = path.rpartition(".")[0] if path.endswith(".conv") else path
+        idx = keep.get(block) if path.endswith(".conv") else None
+        targets[block] = list(idx) if idx else None
+    err = dict.fromkeys(targets, 0.0)
+    moments: dict[str, list] = {}   # per channel: ΣY, ΣY², count (exact over all batches)
+    modes = (original.training, pruned.training)
+    original.eval()
+    pruned.eval()
+    try:
+        for x in _batches(images):
+            x = x.to(next(pruned.parameters()).device)
+            ours, theirs = _outputs(pruned, targets, x), _outputs(original, targets, x)
+            for b, idx in targets.items():
+                y = (theirs[b][:, idx] if idx is not None else theirs[b]).double()
+                err[b] += float(((y - ours[b].double()) ** 2).sum())
+                y_ch = y.transpose(0, 1).flatten(1)
+                s1, s2, n = moments.get(b, (0.0, 0.0, 0))
+                moments[b] = [s1 + y_ch.sum(1), s2 + (y_ch * y_ch).sum(1), n + y_ch.shape[1]]
+    finally:
+        original.train(modes[0])
+        pruned.train(modes[1])
+    total = {b: float((s2 - s1 * s1 / n).sum()) for b, (s1, s2, n) in moments.items()}
+    return {b: err[b] / max(total[b], 1e-12) for b in targets}
+
+
+def _outputs(model: nn.Module, paths: dict[str, Any], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs of the modules at `paths` in one forward pass of `model` on `x`."""
+    box: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(p).register_forward_hook(
+        lambda _m, _a, out, p=p: box.__setitem__(p, out.detach())) for p in paths]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return box
+
+
 def calibration_batches(images: Iterable[torch.Tensor], n: int) -> list[torch.Tensor]:
     """The first `n` images of uint8 (or [0, 1] float) batches, as float batches in [0, 1]."""
     out, got = [], 0

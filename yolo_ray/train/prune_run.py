@@ -110,6 +110,10 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
                              calib=calib, reconstruct=fit, divisor=req.divisor)
         if result.fits:
             LOGGER.info(_fit_summary(result.fits, req.calib_images))
+            if req.steps == 1:  # (a later step's original is itself pruned)
+                LOGGER.info(refit_check(model, result, calib, calibration_images(
+                    req.val.data, req.val.imgsz, req.calib_images, req.batch_size,
+                    req.workers, split="val")))
         LOGGER.info(f"Pruned ({req.method}, step {k}/{len(ratios)}: {ratio:.3f} of what was "
                     f"left): {result.summary()}")
         pruned_path = save_pruned(req.out / "pruned.pt", result.model, meta_yaml, names,
@@ -129,15 +133,42 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
 
 
 def calibration_images(data: str, imgsz: int, n: int, batch_size: int = 16,
-                       workers: int = 0) -> list[torch.Tensor]:
-    """The first `n` training images of the data yaml, letterboxed at `imgsz`, in [0, 1]."""
+                       workers: int = 0, split: str = "train") -> list[torch.Tensor]:
+    """The first `n` images of the data yaml's `split`, letterboxed at `imgsz`, in [0, 1]."""
     from ..config.load import load_data_config
     from ..data.loader import create_val_loader
     from ..models.prune_reconstruct import calibration_batches
 
-    loader = create_val_loader(load_data_config(data), imgsz, batch_size, split="train",
+    loader = create_val_loader(load_data_config(data), imgsz, batch_size, split=split,
                                workers=workers, log=lambda *a, **k: None)
     return calibration_batches((imgs for imgs, *_ in loader), n)
+
+
+def refit_check(original: torch.nn.Module, result, calib: list[torch.Tensor],
+                held_out: list[torch.Tensor], worst: int = 3) -> str:
+    """One log line: the refitted layers' residual on the calibration images and on images
+    the refit did not see (the val split), with the layers that generalise worst."""
+    from ..models.prune_reconstruct import block_residuals
+
+    keep = result.model.channel_plan.keep
+    paths = [f.path for f in result.fits]
+    seen = block_residuals(original, result.model, keep, paths, calib)
+    unseen = block_residuals(original, result.model, keep, paths, held_out)
+    return refit_check_line(seen, unseen, sum(len(b) for b in calib),
+                            sum(len(b) for b in held_out), worst)
+
+
+def refit_check_line(seen: dict[str, float], unseen: dict[str, float], n_seen: int,
+                     n_unseen: int, worst: int = 3) -> str:
+    """`refit_check`'s line from per-layer residuals on seen and unseen images (pure)."""
+    mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
+    gaps = sorted(seen, key=lambda b: unseen[b] - seen[b], reverse=True)[:worst]
+    line = (f"Refit check: mean layer residual {mean(seen):.3f} on the {n_seen} calibration "
+            f"images, {mean(unseen):.3f} on {n_unseen} validation images; largest gaps: "
+            + ", ".join(f"{b} {seen[b]:.2f} -> {unseen[b]:.2f}" for b in gaps))
+    if mean(unseen) > 1.25 * mean(seen):  # beyond what a fresh sample of images moves it
+        line += " (the refit memorised its calibration images: more --calib-images help)"
+    return line
 
 
 def _fit_summary(fits, n_images: int) -> str:
