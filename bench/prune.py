@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "numbered training images, validate every row on the odd-numbered ones")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with the unpruned model's head as soft targets (--distill)")
+    p.add_argument("--calib-sweep", type=int, nargs="+", default=None, metavar="N",
+                   help="instead of the table: refit each channel variant on N images for "
+                        "each N, and report its layers' residual on those images and on the "
+                        "held-out ones, and its held-out mAP")
     p.add_argument("--no-map", action="store_true", help="skip validation (size/speed only)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     return p.parse_args(argv)
@@ -235,6 +239,38 @@ def prune_variants(model, args) -> list[tuple[str, float, object]]:
     return out
 
 
+def calib_sweep(model, loader, args) -> str:
+    """Markdown rows: per channel variant and calibration size, the refitted layers' mean
+    residual on the calibration images and on the validation images, the layer that
+    generalises worst, and the validation mAP."""
+    from yolo_ray.models.prune import prune_model
+    from yolo_ray.models.prune_reconstruct import block_residuals
+    from yolo_ray.train.prune_run import calibration_images
+
+    held = calibration_images(args.data, args.img, 10**9, args.batch, split="val")
+    lines = ["| variant | amount | calibration images | layer residual (calibration) | "
+             "layer residual (held-out) | worst layer (calibration → held-out) | "
+             "mAP50-95 (held-out) |", "|---|---|---|---|---|---|---|"]
+    for scope in args.scopes:
+        for amount in args.amounts:
+            for n in args.calib_sweep:
+                calib = calibration_images(args.data, args.img, n, args.batch)
+                r = prune_model(model, amount, "channel", imgsz=None, scope=scope, calib=calib,
+                                reconstruct=True, divisor=args.divisor)
+                paths, keep = [f.path for f in r.fits], r.model.channel_plan.keep
+                seen = block_residuals(model, r.model, keep, paths, calib)
+                unseen = block_residuals(model, r.model, keep, paths, held)
+                worst = max(seen, key=lambda b: unseen[b] - seen[b])
+                mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+                label = "channel" if scope == "global" else f"channel/{scope}"
+                lines.append(f"| {label} | {amount:g} | {sum(len(b) for b in calib)} | "
+                             f"{mean(seen):.3f} | {mean(unseen):.3f} | {worst} "
+                             f"{seen[worst]:.2f} → {unseen[worst]:.2f} | "
+                             f"{val_map(r.model.eval(), loader)[1]:.3f} |")
+                print(f"# {lines[-1]}", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def finetuned(model, variants, args, out_dir: Path) -> list[tuple[str, float, object]]:
     """The unpruned model (the same protocol's reference) and every channel variant
     fine-tuned `args.finetune_epochs` epochs on the data at --img with --finetune-hyp."""
@@ -293,6 +329,13 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     loader = None if args.no_map else create_val_loader(
         load_data_config(args.data), args.img, args.batch, stride=32, workers=0,
         log=lambda *a, **k: None)
+    if args.calib_sweep:
+        print(f"# {Path(args.weights).name}, refit on the first N of the "
+              f"{'even-numbered' if holdout else 'training'} images, residuals and mAP on "
+              f"the {'odd-numbered' if holdout else 'val'} ones, at {args.img}; kept counts "
+              f"multiples of {args.divisor}")
+        print(calib_sweep(model, loader, args))
+        return 0
     variants = [("none", 0.0, model)] + prune_variants(model, args)
     if args.finetune_epochs > 0 and not args.no_map:
         variants += finetuned(model, variants, args, tmp / "finetune")
