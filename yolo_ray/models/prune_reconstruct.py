@@ -231,7 +231,7 @@ def block_residuals(original: nn.Module, pruned: nn.Module, keep: dict[str, tupl
     return {b: err[b] / max(total[b], 1e-12) for b in targets}
 
 
-def _outputs(model: nn.Module, paths: dict[str, Any], x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _outputs(model: nn.Module, paths: Iterable[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The outputs of the modules at `paths` in one forward pass of `model` on `x`."""
     box: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(p).register_forward_hook(

@@ -166,7 +166,9 @@ def refit_check_line(seen: dict[str, float], unseen: dict[str, float], n_seen: i
     line = (f"Refit check: mean layer residual {mean(seen):.3f} on the {n_seen} calibration "
             f"images, {mean(unseen):.3f} on {n_unseen} validation images; largest gaps: "
             + ", ".join(f"{b} {seen[b]:.2f} -> {unseen[b]:.2f}" for b in gaps))
-    if mean(unseen) > 1.25 * mean(seen):  # beyond what a fresh sample of images moves it
+    # A rule of thumb, not a test: 64 coco128 images gave 0.37 vs 0.59 (layer 0.3) and
+    # 0.17 vs 0.30 (global) with held-out mAP far below the calibration images'.
+    if mean(unseen) > 1.25 * mean(seen):
         line += " (the refit memorised its calibration images: more --calib-images help)"
     return line
 
