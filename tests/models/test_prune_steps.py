@@ -138,3 +138,28 @@ def test_run_prune_refits_and_distills(tmp_path, synthetic_data, tiny_model_yaml
     cut = {n: m.conv.out_channels for n, m in pruned.named_modules()
            if hasattr(m, "bn") and m.conv.out_channels != widths[n]}
     assert cut and all(c % 8 == 0 for c in cut.values())
+
+
+def test_run_prune_skips_the_refit_check_when_val_is_train(tmp_path, synthetic_data,
+                                                           tiny_model_yaml, caplog):
+    """coco128's yaml validates on its training images: no unseen images to check the refit
+    on, and the log says so instead of printing a check that is not one."""
+    import logging
+
+    import yaml
+
+    raw = yaml.safe_load(Path(synthetic_data).read_text())
+    raw["path"] = str(Path(synthetic_data).parent / raw.get("path", "."))
+    raw["val"] = raw["train"]
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(raw))
+    model = build_model(str(tiny_model_yaml), nc=3)
+    weights = save_checkpoint(tmp_path / "base.pt", {
+        "model": model.state_dict(), "yaml": dict(model.yaml), "nc": 3,
+        "names": ["a", "b", "c"], "epoch": -1})
+    req = _request(tmp_path, str(weights), str(same), amount=0.5, scope="layer",
+                   calib_images=4, finetune_epochs=0)
+    with caplog.at_level(logging.INFO, logger="yolo_ray"):
+        run_prune(req)
+    assert "Refit check skipped: the val images are training images" in caplog.text
+    assert "Refit check: mean layer residual" not in caplog.text

@@ -111,9 +111,7 @@ def run_prune(req: PruneRequest) -> list[PruneRow]:
         if result.fits:
             LOGGER.info(_fit_summary(result.fits, req.calib_images))
             if req.steps == 1:  # (a later step's original is itself pruned)
-                LOGGER.info(refit_check(model, result, calib, calibration_images(
-                    req.val.data, req.val.imgsz, req.calib_images, req.batch_size,
-                    req.workers, split="val")))
+                LOGGER.info(_held_out_check(req, model, result, calib))
         LOGGER.info(f"Pruned ({req.method}, step {k}/{len(ratios)}: {ratio:.3f} of what was "
                     f"left): {result.summary()}")
         pruned_path = save_pruned(req.out / "pruned.pt", result.model, meta_yaml, names,
@@ -142,6 +140,22 @@ def calibration_images(data: str, imgsz: int, n: int, batch_size: int = 16,
     loader = create_val_loader(load_data_config(data), imgsz, batch_size, split=split,
                                workers=workers, log=lambda *a, **k: None)
     return calibration_batches((imgs for imgs, *_ in loader), n)
+
+
+def _held_out_check(req: PruneRequest, original: torch.nn.Module, result,
+                    calib: list[torch.Tensor]) -> str:
+    """`refit_check` on the val split, unless the val images are the training images (as in
+    coco128's yaml): then there is nothing unseen to check against, and the line says so."""
+    from ..config.load import load_data_config
+    from ..data.files import list_image_files
+
+    cfg = load_data_config(req.val.data)
+    if set(list_image_files(cfg.val)) <= set(list_image_files(cfg.train)):
+        return ("Refit check skipped: the val images are training images, so the refit may "
+                "have seen them; validate on images it did not see to judge the refit")
+    held_out = calibration_images(req.val.data, req.val.imgsz, req.calib_images,
+                                  req.batch_size, req.workers, split="val")
+    return refit_check(original, result, calib, held_out)
 
 
 def refit_check(original: torch.nn.Module, result, calib: list[torch.Tensor],
