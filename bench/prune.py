@@ -348,8 +348,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                                           args.speed_runs, args.stat)):
             row.setdefault("ms", {})[(n, t)] = ms
     torch.set_num_threads(args.threads)
+    refit = args.calib_images > 0 and not args.no_map  # (--no-map skips the refit too)
     ch = (f"channel: kept counts multiples of {args.divisor}, "
-          + (f"refitted on {args.calib_images} training images" if args.calib_images > 0
+          + (f"refitted on {args.calib_images} training images" if refit
              else "surgery only") + "; ")
     which = ("channel variants" if not args.finetune_amounts else "channel variants of "
              + "/".join(f"{a:g}" for a in args.finetune_amounts))
@@ -358,7 +359,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                + (" with --distill" if args.distill else "")
                if args.finetune_epochs and not args.no_map else "no fine-tuning")
     split = ("held-out: refit and fine-tunes on the even-numbered images, mAP on the odd-"
-             "numbered ones" if holdout else "mAP on the data yaml's val images")
+             "numbered ones" if holdout else "no mAP" if args.no_map
+             else "mAP on the data yaml's val images")
     print(f"# {Path(args.weights).name}, {split}, val at {args.img}, CPU batch-1 timing at "
           f"{'/'.join(map(str, args.speed_img))} ({args.stat} of {args.speed_rounds}×"
           f"{args.speed_runs}, {'/'.join(map(str, args.speed_threads))} threads), "
