@@ -244,8 +244,8 @@ def calib_sweep(model, loader, args) -> str:
     residual on the calibration images and on the validation images, the layer that
     generalises worst, and the validation mAP."""
     from yolo_ray.models.prune import prune_model
-    from yolo_ray.models.prune_reconstruct import block_residuals
-    from yolo_ray.train.prune_run import calibration_images
+    from yolo_ray.train.prune_run import (calibration_images, largest_gaps, mean_residual,
+                                          refit_residuals)
 
     held = calibration_images(args.data, args.img, 10**9, args.batch, split="val")
     lines = ["| variant | amount | calibration images | layer residual (calibration) | "
@@ -257,14 +257,11 @@ def calib_sweep(model, loader, args) -> str:
                 calib = calibration_images(args.data, args.img, n, args.batch)
                 r = prune_model(model, amount, "channel", imgsz=None, scope=scope, calib=calib,
                                 reconstruct=True, divisor=args.divisor)
-                paths, keep = [f.path for f in r.fits], r.model.channel_plan.keep
-                seen = block_residuals(model, r.model, keep, paths, calib)
-                unseen = block_residuals(model, r.model, keep, paths, held)
-                worst = max(seen, key=lambda b: unseen[b] - seen[b])
-                mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+                seen, unseen = refit_residuals(model, r, calib, held)
+                worst = largest_gaps(seen, unseen, 1)[0]
                 label = "channel" if scope == "global" else f"channel/{scope}"
                 lines.append(f"| {label} | {amount:g} | {sum(len(b) for b in calib)} | "
-                             f"{mean(seen):.3f} | {mean(unseen):.3f} | {worst} "
+                             f"{mean_residual(seen):.3f} | {mean_residual(unseen):.3f} | {worst} "
                              f"{seen[worst]:.2f} → {unseen[worst]:.2f} | "
                              f"{val_map(r.model.eval(), loader)[1]:.3f} |")
                 print(f"# {lines[-1]}", file=sys.stderr, flush=True)

@@ -73,6 +73,13 @@ def _columns(x: torch.Tensor, conv: nn.Conv2d, bias: bool) -> torch.Tensor:
     return cols.transpose(0, 1).reshape(cols.shape[1], -1).double()
 
 
+def _kept(path: str, keep: dict[str, tuple[int, ...]]) -> list[int] | None:
+    """The output channels the plan kept for conv `path` (a Conv block's `.conv`), relative
+    to the unpruned model; None when it keeps them all (or it is no block's conv: Detect)."""
+    idx = keep.get(path.rpartition(".")[0]) if path.endswith(".conv") else None
+    return list(idx) if idx else None
+
+
 def _block_bn(model: nn.Module, path: str) -> nn.BatchNorm2d | None:
     if not path.endswith(".conv"):
         return None
@@ -182,10 +189,7 @@ def reconstruct_pruned(original: nn.Module, pruned: nn.Module, keep: dict[str, t
         for path in conv_order(pruned, batches[0])[1:]:
             if pruned.get_submodule(path).groups != 1:
                 continue
-            block = path.rpartition(".")[0] if path.endswith(".conv") else None
-            idx = keep.get(block) if block is not None else None
-            fits.append(_fit_conv(original, pruned, path, list(idx) if idx else None,
-                                  batches, ridge))
+            fits.append(_fit_conv(original, pruned, path, _kept(path, keep), batches, ridge))
             if log is not None:
                 log(fits[-1])
     finally:
@@ -204,19 +208,17 @@ def block_residuals(original: nn.Module, pruned: nn.Module, keep: dict[str, tupl
     (Detect's) as it is. On images the refit did not see, this is what tells a calibration
     set that was large enough from one the deep, low-resolution layers memorised.
     """
-    targets = {}
-    for path in paths:
-        block = path.rpartition(".")[0] if path.endswith(".conv") else path
-        idx = keep.get(block) if path.endswith(".conv") else None
-        targets[block] = list(idx) if idx else None
+    targets = {(path.rpartition(".")[0] if path.endswith(".conv") else path): _kept(path, keep)
+               for path in paths}
     err = dict.fromkeys(targets, 0.0)
     moments: dict[str, list] = {}   # per channel: ΣY, ΣY², count (exact over all batches)
     modes = (original.training, pruned.training)
     original.eval()
     pruned.eval()
+    device = next(pruned.parameters()).device
     try:
         for x in _batches(images):
-            x = x.to(next(pruned.parameters()).device)
+            x = x.to(device)
             ours, theirs = _outputs(pruned, targets, x), _outputs(original, targets, x)
             for b, idx in targets.items():
                 y = (theirs[b][:, idx] if idx is not None else theirs[b]).double()
